@@ -1,0 +1,2 @@
+pub mod edge;
+pub mod proto;
