@@ -1,1 +1,146 @@
+//! Native drivers for jmp-exporter, and the one trait they all implement.
+//!
+//! A driver owns one device. It takes and returns JSON values, or hands out a byte stream;
+//! it knows nothing of gRPC, sessions or the controller (the exporter crate depends on this
+//! one, never the reverse). Each driver reads its own `config:` through [`yaml::from_node`].
+//!
+//! Lifecycle, as the upstream exporter has it: the config is parsed and checked once at start
+//! ([`DriverSpec`]), and a fresh [`Driver`] is built from it for every session, `reset` when the
+//! session starts and `close` when it ends.
 
+pub mod args;
+pub mod composite;
+pub mod mock;
+pub mod serial;
+pub mod yaml;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use serde_json::Value as Json;
+
+/// How a method is reached on the wire. A method called through the wrong kind is NOT_FOUND.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodKind {
+    /// One request, one result.
+    Call,
+    /// One request, zero or more results.
+    Streaming,
+    /// A duplex byte stream, opened with no arguments.
+    ByteStream,
+}
+
+impl MethodKind {
+    /// The name upstream gives the marker of this kind; it appears in NOT_FOUND messages that
+    /// clients may match on.
+    pub fn marker(self) -> &'static str {
+        match self {
+            MethodKind::Call => "marker_drivercall",
+            MethodKind::Streaming => "marker_streamingdrivercall",
+            MethodKind::ByteStream => "marker_streamcall",
+        }
+    }
+}
+
+/// What a driver call can fail with. Each variant maps to one gRPC code in the exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The method exists but this driver cannot do it (UNIMPLEMENTED).
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Wrong number, type or value of arguments (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The device did not answer in time (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    Timeout(String),
+    /// The device is absent or busy right now; trying later may work (UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else, with a message that names the device (UNKNOWN).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A byte stream to a device.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
+pub type BoxedIo = Box<dyn Duplex>;
+
+/// The results of a streaming call.
+pub type ResultStream = BoxStream<'static, Result<Json, DriverError>>;
+
+/// One driver instance, alive for one session.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// The kind of an exported method, or `None` if the driver has no such method.
+    fn method(&self, name: &str) -> Option<MethodKind>;
+
+    /// A plain call. Only called for methods whose kind is [`MethodKind::Call`].
+    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError>;
+
+    /// A streaming call. Only called for methods whose kind is [`MethodKind::Streaming`].
+    async fn streaming_call(
+        &self,
+        method: &str,
+        _args: Vec<Json>,
+    ) -> Result<ResultStream, DriverError> {
+        Err(DriverError::NotImplemented(format!(
+            "{method} is not a streaming method of this driver"
+        )))
+    }
+
+    /// Opens a byte stream. Only called for methods whose kind is [`MethodKind::ByteStream`].
+    async fn connect(&self, method: &str) -> Result<BoxedIo, DriverError> {
+        Err(DriverError::NotImplemented(format!(
+            "{method} is not a byte stream of this driver"
+        )))
+    }
+
+    /// Brings the device to its known state at session start.
+    async fn reset(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Releases what the session opened.
+    async fn close(&self) {}
+}
+
+/// A driver entry's checked configuration; builds a fresh [`Driver`] for each session.
+pub trait DriverSpec: Send + Sync + 'static {
+    /// The Python client class path reported as `jumpstarter.dev/client`.
+    fn client(&self) -> &'static str;
+
+    /// Driver-specific report labels, added to the entry's own.
+    fn extra_labels(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn build(&self) -> Result<Box<dyn Driver>, DriverError>;
+}
+
+/// Parses and checks one entry's `config:` node (found at the given YAML path).
+pub type Factory = fn(&yaml::Node, &str) -> Result<Box<dyn DriverSpec>, yaml::Error>;
+
+/// Every driver this build knows, keyed by the upstream Python `type:` string a lab's config
+/// already uses.
+pub static BUILTIN: &[(&str, Factory)] = &[
+    (composite::TYPE, composite::spec),
+    (mock::MOCK_POWER, mock::power_spec),
+    (mock::SYNC_MOCK_POWER, mock::power_spec),
+    (mock::ECHO_NETWORK, mock::echo_spec),
+    (serial::TYPE, serial::spec),
+];
+
+/// The factory for a `type:` string.
+pub fn factory(type_name: &str) -> Option<Factory> {
+    BUILTIN
+        .iter()
+        .find(|(name, _)| *name == type_name)
+        .map(|(_, f)| *f)
+}
+
+/// The client label of `PowerClient`, shared by every power driver.
+pub const POWER_CLIENT: &str = "jumpstarter_driver_power.client.PowerClient";
