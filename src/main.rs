@@ -1,1 +1,203 @@
-fn main() {}
+//! The process shell: arguments, logging, config loading (exit 78 on errors, before anything
+//! binds), the runtime, and signals wired to one cancellation token. Nothing else.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use jmp_exporter::config::{self, Secret};
+use jmp_exporter::standalone::{self, Listeners};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
+
+/// EX_CONFIG from sysexits.h: the unit file refuses to restart on it.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "jmp-exporter", version, about = "Jumpstarter exporter daemon")]
+struct Cli {
+    /// Log level for the exporter's own output (error, warn, info, debug, trace); the
+    /// JMP_EXPORTER_LOG environment variable takes a full filter instead.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the exporter.
+    Run(RunArgs),
+    /// Check a config file and print its driver tree, or every error in it.
+    Check {
+        /// The exporter config (upstream ExporterConfig YAML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The exporter config (upstream ExporterConfig YAML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Serve the session on this Unix socket (for JUMPSTARTER_HOST=PATH clients).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Serve the session on TCP without a controller, as `jmp run --tls-grpc-listener`.
+    #[arg(long, value_name = "[HOST:]PORT")]
+    tls_grpc_listener: Option<String>,
+    /// Plaintext TCP (no TLS) for the standalone listener.
+    #[arg(long, requires = "tls_grpc_listener", conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_grpc_insecure: bool,
+    /// PEM certificate for the standalone listener.
+    #[arg(long, requires_all = ["tls_grpc_listener", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the standalone listener.
+    #[arg(long, requires_all = ["tls_grpc_listener", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Passphrase every TCP client must present (Unix sockets rely on file permissions).
+    #[arg(long, env = "JMP_EXPORTER_PASSPHRASE", hide_env_values = true)]
+    passphrase: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run(args) => match run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("jmp-exporter: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("JMP_EXPORTER_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::try_new(format!(
+                "warn,jmp_exporter={level},jmp_drivers={level}"
+            ))
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,jmp_exporter=info,jmp_drivers=info")
+            })
+        });
+    let session_level = match level {
+        "debug" | "trace" => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
+    let session_filter =
+        tracing_subscriber::filter::filter_fn(|meta| meta.target().starts_with("jmp_"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        .with(jmp_exporter::logs::SessionLogLayer::new(session_level).with_filter(session_filter))
+        .init();
+}
+
+/// Loads the config, printing every error; `None` means exit 78.
+fn load(path: &std::path::Path) -> Option<config::Loaded> {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{}: {w}", path.display());
+            }
+            Some(loaded)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            None
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let Some(loaded) = load(path) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    print!("{}", standalone::describe_tree(&loaded.config));
+    ExitCode::SUCCESS
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load(&args.config) else {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(jmp_exporter::server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let tcp = match &args.tls_grpc_listener {
+        Some(addr) => {
+            if tls.is_none() && !args.tls_grpc_insecure {
+                eprintln!("jmp-exporter: --tls-grpc-listener needs either --tls-grpc-insecure or --tls-cert with --tls-key");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+            match jmp_exporter::server::parse_listen_addr(addr) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    eprintln!("jmp-exporter: --tls-grpc-listener: {e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            }
+        }
+        None => None,
+    };
+    if tcp.is_none() && args.socket.is_none() {
+        eprintln!(
+            "jmp-exporter: this build serves clients without a controller only: give --socket PATH or --tls-grpc-listener [HOST:]PORT"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    if args.passphrase.is_some() && args.tls_grpc_insecure {
+        tracing::warn!(
+            "--passphrase is enforced, but without TLS it crosses the network in plain text"
+        );
+    }
+    let listeners = Listeners {
+        socket: args.socket,
+        tcp,
+        tls,
+        passphrase: args.passphrase.map(Secret::new),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        standalone::run(loaded.config, listeners, stop).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot watch for SIGTERM/SIGINT; stop the exporter with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+    }
+    stop.cancel();
+}

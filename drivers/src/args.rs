@@ -25,7 +25,11 @@ pub fn boolean(method: &str, args: &[Json], index: usize) -> Result<bool, Driver
 }
 
 /// The argument at `index` as a number, or `None` when it is null or absent.
-pub fn optional_number(method: &str, args: &[Json], index: usize) -> Result<Option<f64>, DriverError> {
+pub fn optional_number(
+    method: &str,
+    args: &[Json],
+    index: usize,
+) -> Result<Option<f64>, DriverError> {
     match args.get(index) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::Number(n)) => Ok(n.as_f64()),
@@ -64,9 +68,15 @@ mod tests {
         assert_eq!(err.to_string(), "on() takes 0 arguments, got 1");
         assert!(boolean("set_dtr", &[json!(true)], 0).unwrap());
         let err = boolean("set_dtr", &[json!("yes")], 0).unwrap_err();
-        assert_eq!(err.to_string(), "set_dtr(): argument 1 must be true or false, got \"yes\"");
+        assert_eq!(
+            err.to_string(),
+            "set_dtr(): argument 1 must be true or false, got \"yes\""
+        );
         assert_eq!(optional_number("w", &[json!(2.0)], 0).unwrap(), Some(2.0));
         assert_eq!(optional_number("w", &[json!(null)], 0).unwrap(), None);
-        assert!(matches!(text("w", &[json!(1)], 0), Err(DriverError::InvalidArgument(_))));
+        assert!(matches!(
+            text("w", &[json!(1)], 0),
+            Err(DriverError::InvalidArgument(_))
+        ));
     }
 }

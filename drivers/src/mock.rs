@@ -67,7 +67,11 @@ impl Driver for MockPower {
         Ok(Json::Null)
     }
 
-    async fn streaming_call(&self, method: &str, args: Vec<Json>) -> Result<ResultStream, DriverError> {
+    async fn streaming_call(
+        &self,
+        method: &str,
+        args: Vec<Json>,
+    ) -> Result<ResultStream, DriverError> {
         args::expect_count(method, &args, 0)?;
         let readings = [
             json!({"voltage": 0.0, "current": 0.0}),
@@ -152,9 +156,20 @@ mod tests {
             p.call("off", vec![json!(1)]).await,
             Err(DriverError::InvalidArgument(_))
         ));
-        let items: Vec<_> = p.streaming_call("read", vec![]).await.unwrap().collect().await;
+        let items: Vec<_> = p
+            .streaming_call("read", vec![])
+            .await
+            .unwrap()
+            .collect()
+            .await;
         let items: Vec<Json> = items.into_iter().map(Result::unwrap).collect();
-        assert_eq!(items, vec![json!({"voltage": 0.0, "current": 0.0}), json!({"voltage": 5.0, "current": 2.0})]);
+        assert_eq!(
+            items,
+            vec![
+                json!({"voltage": 0.0, "current": 0.0}),
+                json!({"voltage": 5.0, "current": 2.0})
+            ]
+        );
         assert_eq!(p.method("read"), Some(MethodKind::Streaming));
         assert_eq!(p.method("cycle"), None);
     }

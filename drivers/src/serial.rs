@@ -44,15 +44,24 @@ pub fn spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error>
         yaml::Error::at(&yaml::join(path, key), n, message)
     };
     if config.baudrate == 0 {
-        return Err(at("baudrate", "baudrate must be a positive number of bits per second".into()));
+        return Err(at(
+            "baudrate",
+            "baudrate must be a positive number of bits per second".into(),
+        ));
     }
     if let Some(cps) = config.cps {
         if !(cps.is_finite() && cps > 0.0) {
-            return Err(at("cps", format!("cps must be a positive number of characters per second, got {cps}")));
+            return Err(at(
+                "cps",
+                format!("cps must be a positive number of characters per second, got {cps}"),
+            ));
         }
     }
     if config.url.trim().is_empty() {
-        return Err(at("url", "url is empty; give a device path such as /dev/serial/by-id/... or loop://".into()));
+        return Err(at(
+            "url",
+            "url is empty; give a device path such as /dev/serial/by-id/... or loop://".into(),
+        ));
     }
     Ok(Box::new(config))
 }
@@ -167,7 +176,11 @@ mod tests {
         assert!(err.message.contains("unknown field `baud`"), "{err}");
         let err = parse("url: loop://\nbaudrate: 0\n").err().unwrap();
         assert_eq!(err.path, "export.serial.config.baudrate");
-        assert!(parse("baudrate: 9600\n").err().unwrap().message.contains("missing field `url`"));
+        assert!(parse("baudrate: 9600\n")
+            .err()
+            .unwrap()
+            .message
+            .contains("missing field `url`"));
     }
 
     #[tokio::test]
@@ -182,7 +195,13 @@ mod tests {
         let mut rest = Vec::new();
         io.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        assert_eq!(driver.call("set_dtr", vec![Json::Bool(true)]).await.unwrap(), Json::Null);
+        assert_eq!(
+            driver
+                .call("set_dtr", vec![Json::Bool(true)])
+                .await
+                .unwrap(),
+            Json::Null
+        );
     }
 
     #[tokio::test]

@@ -39,7 +39,10 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// A scalar's text and whether it was written plain (unquoted, not a block scalar).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Keys keep their file order; that order is the driver tree's order.
     Map(Vec<(Node, Node)>),
@@ -146,8 +149,8 @@ impl Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let plain = style == ScalarStyle::Plain
-                    && !tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let plain =
+                    style == ScalarStyle::Plain && !tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let node = Node {
                     value: Value::Scalar {
                         text: text.into_owned(),
@@ -186,10 +189,7 @@ impl Builder {
                 })?;
                 self.push(node, 0)?;
             }
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentEnd
-            | Event::Nothing => {}
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
         Ok(())
     }
@@ -390,13 +390,15 @@ impl Node {
     pub fn to_json(&self, path: &str) -> Result<serde_json::Value, Error> {
         use serde_json::Value as J;
         Ok(match &self.value {
-            Value::Scalar { text, .. } => match self.reading().map_err(|m| Error::at(path, self, m))? {
-                Reading::Null => J::Null,
-                Reading::Bool(b) => J::Bool(b),
-                Reading::Int(i) => J::from(i),
-                Reading::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
-                Reading::Str => J::String(text.clone()),
-            },
+            Value::Scalar { text, .. } => {
+                match self.reading().map_err(|m| Error::at(path, self, m))? {
+                    Reading::Null => J::Null,
+                    Reading::Bool(b) => J::Bool(b),
+                    Reading::Int(i) => J::from(i),
+                    Reading::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+                    Reading::Str => J::String(text.clone()),
+                }
+            }
             Value::Seq(items) => J::Array(
                 items
                     .iter()
@@ -602,7 +604,11 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             .map_err(|e: Error| e.locate(&self.path, self.node))
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         self.deserialize_seq(visitor)
     }
 
@@ -655,10 +661,7 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
     ) -> Result<V::Value, Error> {
         let (text, _) = self.scalar("one of the listed words")?;
         if !variants.contains(&text) {
-            return Err(self.err(format!(
-                "`{text}` is not one of: {}",
-                variants.join(", ")
-            )));
+            return Err(self.err(format!("`{text}` is not one of: {}", variants.join(", "))));
         }
         visitor
             .visit_enum(text.into_deserializer())
@@ -765,7 +768,13 @@ mod tests {
 
     #[test]
     fn yaml_11_booleans_where_a_bool_is_expected() {
-        for (word, value) in [("on", true), ("Off", false), ("yes", true), ("NO", false), ("'on'", true)] {
+        for (word, value) in [
+            ("on", true),
+            ("Off", false),
+            ("yes", true),
+            ("NO", false),
+            ("'on'", true),
+        ] {
             let s = sample(&format!("name: a\nenabled: {word}\n")).unwrap();
             assert_eq!(s.enabled, value, "{word}");
         }
@@ -803,7 +812,10 @@ mod tests {
         assert_eq!(err.path, "export.x.config");
         assert!(err.message.contains("missing field `name`"), "{err}");
         let err = sample("name: [1]\n").unwrap_err();
-        assert_eq!(err.to_string(), "export.x.config.name (line 1): expected text, found a list");
+        assert_eq!(
+            err.to_string(),
+            "export.x.config.name (line 1): expected text, found a list"
+        );
     }
 
     #[test]
@@ -822,7 +834,12 @@ mod tests {
         assert!(err.mark.is_some());
         assert!(err.message.starts_with("not valid YAML"), "{err}");
         let node = parse("base: &b {x: 1}\ncopy: *b\n").unwrap();
-        assert_eq!(node.get("copy").and_then(|c| c.get("x")).and_then(Node::as_scalar), Some("1"));
+        assert_eq!(
+            node.get("copy")
+                .and_then(|c| c.get("x"))
+                .and_then(Node::as_scalar),
+            Some("1")
+        );
         assert!(parse("").unwrap().as_map().is_some_and(|m| m.is_empty()));
         assert!(parse("a: 1\n---\nb: 2\n").is_err());
     }

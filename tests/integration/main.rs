@@ -1,1 +1,8 @@
-fn main(){}
+//! One integration-test binary: the real `jmp-exporter` process driven by the unchanged
+//! upstream Python client, plus checks of our protos against the upstream stubs.
+
+mod support;
+
+mod cli;
+mod descriptors;
+mod python_client;

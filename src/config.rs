@@ -1,0 +1,924 @@
+//! The upstream `ExporterConfig` YAML file: read it unchanged, check everything at once, and
+//! turn it into plain data. Every problem names its YAML path and line; keys upstream would
+//! silently drop are warnings here. This module builds no drivers and opens no devices: each
+//! entry's `config:` is checked by its driver's factory, which returns a [`DriverSpec`].
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jmp_drivers::yaml::{self, join, Node, Value};
+use jmp_drivers::{composite, DriverSpec};
+use uuid::Uuid;
+
+/// A value that must never be printed: tokens and passphrases.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// Base64 of a PEM bundle; empty means the system roots.
+    pub ca: String,
+    pub insecure: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    Warn,
+    EndLease,
+    Exit,
+}
+
+#[derive(Clone, Debug)]
+pub struct Hook {
+    pub script: String,
+    pub exec: Option<String>,
+    pub timeout: Duration,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    pub before_lease: Option<Hook>,
+    pub after_lease: Option<Hook>,
+}
+
+/// One node of the `export:` tree.
+#[derive(Clone)]
+pub struct Entry {
+    /// The key its parent lists it under: `jumpstarter.dev/name`, the `j` sub-command.
+    pub name: String,
+    /// YAML path of the entry, for messages.
+    pub path: String,
+    pub kind: EntryKind,
+    pub description: Option<String>,
+    pub methods_description: Vec<(String, String)>,
+    /// Fixed by the inherited `config.uuid` key; random per session otherwise.
+    pub uuid: Option<Uuid>,
+    /// The inherited `config.labels` key.
+    pub labels: Vec<(String, String)>,
+    pub children: Vec<Entry>,
+}
+
+#[derive(Clone)]
+pub enum EntryKind {
+    Driver {
+        type_name: String,
+        spec: Arc<dyn DriverSpec>,
+    },
+    /// An alias of another entry, by its names from the top of `export:`.
+    Proxy { target: Vec<String> },
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            EntryKind::Driver { type_name, .. } => type_name.clone(),
+            EntryKind::Proxy { target } => format!("ref {}", target.join(".")),
+        };
+        f.debug_struct("Entry")
+            .field("name", &self.name)
+            .field("kind", &kind)
+            .field("children", &self.children)
+            .finish()
+    }
+}
+
+impl Entry {
+    /// The client label reported for this entry (a proxy reports its target's).
+    pub fn client(&self) -> Option<&'static str> {
+        match &self.kind {
+            EntryKind::Driver { spec, .. } => Some(spec.client()),
+            EntryKind::Proxy { .. } => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ExporterConfig {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub endpoint: Option<String>,
+    pub token: Option<Secret>,
+    pub tls: TlsConfig,
+    /// Raw gRPC channel arguments, applied by the controller link.
+    pub grpc_options: Vec<(String, serde_json::Value)>,
+    pub description: Option<String>,
+    pub export: Vec<Entry>,
+    pub hooks: Hooks,
+}
+
+impl ExporterConfig {
+    /// Finds an entry by its names from the top of `export:`.
+    pub fn find(&self, names: &[String]) -> Option<&Entry> {
+        let (first, rest) = names.split_first()?;
+        let mut entry = self.export.iter().find(|e| &e.name == first)?;
+        for name in rest {
+            entry = entry.children.iter().find(|e| &e.name == name)?;
+        }
+        Some(entry)
+    }
+}
+
+/// Everything wrong with a config file, all at once.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<yaml::Error>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{}: {n} configuration error{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that passed, with what deserves a look.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: ExporterConfig,
+    pub warnings: Vec<yaml::Error>,
+}
+
+/// Reads and checks a config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: file.clone(),
+        errors: vec![yaml::Error {
+            path: String::new(),
+            mark: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(&source, &|key| std::env::var(key).ok()).map_err(|errors| ConfigErrors { file, errors })
+}
+
+/// Checks a config document; `env` answers the environment variables upstream honours.
+pub fn parse(
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Vec<yaml::Error>> {
+    let root = yaml::parse(source).map_err(|e| vec![e])?;
+    let mut reader = Reader::default();
+    let config = reader.exporter(&root, env);
+    if reader.errors.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: reader.warnings,
+        })
+    } else {
+        Err(reader.errors)
+    }
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "endpoint",
+    "token",
+    "tls",
+    "grpcOptions",
+    "description",
+    "export",
+    "hooks",
+    "failureDetection",
+    "failure_detection",
+    "alias",
+    "path",
+    "motd",
+    "exitOnLeaseEnd",
+];
+const ENTRY_KEYS: &[&str] = &[
+    "type",
+    "config",
+    "children",
+    "description",
+    "methods_description",
+    "ref",
+];
+const INHERITED_DRIVER_KEYS: &[&str] = &["uuid", "labels", "log_level"];
+const LOG_LEVELS: &[&str] = &[
+    "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET",
+];
+
+/// Collects errors and warnings while walking the document.
+#[derive(Default)]
+struct Reader {
+    errors: Vec<yaml::Error>,
+    warnings: Vec<yaml::Error>,
+}
+
+impl Reader {
+    fn error(&mut self, path: &str, node: &Node, message: impl Into<String>) {
+        self.errors.push(yaml::Error::at(path, node, message));
+    }
+
+    fn warn_unknown_keys(&mut self, node: &Node, path: &str, known: &[&str]) {
+        for (key, _) in node.as_map().unwrap_or_default() {
+            let name = key.as_scalar().unwrap_or_default();
+            if !known.contains(&name) {
+                self.warnings.push(yaml::Error::at(
+                    &join(path, name),
+                    key,
+                    format!(
+                        "unknown key `{name}` is ignored (the Python exporter drops it silently); known keys here: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// A mapping node, or an error; `None` (or null) means absent.
+    fn mapping<'n>(&mut self, node: Option<&'n Node>, path: &str) -> Option<&'n Node> {
+        let node = node?;
+        if node.is_null() {
+            return None;
+        }
+        if node.as_map().is_none() {
+            self.error(
+                path,
+                node,
+                format!("expected a mapping, found {}", node.describe()),
+            );
+            return None;
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, _) in node.as_map().unwrap_or_default() {
+            let name = key.as_scalar().unwrap_or_default();
+            if seen.contains(&name) {
+                self.error(
+                    &join(path, name),
+                    key,
+                    format!("`{name}` appears twice in the same mapping"),
+                );
+            }
+            seen.push(name);
+        }
+        Some(node)
+    }
+
+    fn text(&mut self, node: Option<&Node>, path: &str) -> Option<String> {
+        let node = node?;
+        if node.is_null() {
+            return None;
+        }
+        match node.as_scalar() {
+            Some(text) => Some(text.to_string()),
+            None => {
+                self.error(
+                    path,
+                    node,
+                    format!("expected text, found {}", node.describe()),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: Option<&Node>, path: &str, default: bool) -> bool {
+        let Some(node) = node.filter(|n| !n.is_null()) else {
+            return default;
+        };
+        match yaml::from_node::<bool>(node, path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.errors.push(e);
+                default
+            }
+        }
+    }
+
+    fn seconds(&mut self, node: Option<&Node>, path: &str, default: u64) -> u64 {
+        let Some(node) = node.filter(|n| !n.is_null()) else {
+            return default;
+        };
+        match yaml::from_node::<u64>(node, path) {
+            Ok(v) => v,
+            Err(e) => {
+                self.errors.push(e);
+                default
+            }
+        }
+    }
+
+    fn string_map(&mut self, node: Option<&Node>, path: &str) -> Vec<(String, String)> {
+        let Some(node) = self.mapping(node, path) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in node.as_map().unwrap_or_default() {
+            let key = key.as_scalar().unwrap_or_default().to_string();
+            let vpath = join(path, &key);
+            match value.as_scalar() {
+                Some(text) if !value.is_null() => out.push((key, text.to_string())),
+                _ => self.error(
+                    &vpath,
+                    value,
+                    format!("expected text, found {}", value.describe()),
+                ),
+            }
+        }
+        out
+    }
+
+    fn exporter(&mut self, root: &Node, env: &dyn Fn(&str) -> Option<String>) -> ExporterConfig {
+        let mut config = ExporterConfig::default();
+        if root.as_map().is_none() {
+            self.error(
+                "",
+                root,
+                "an exporter config is a mapping with `metadata`, `export`, ...",
+            );
+            return config;
+        }
+        let _ = self.mapping(Some(root), "");
+        self.warn_unknown_keys(root, "", TOP_LEVEL_KEYS);
+        if let Some(v) = self.text(root.get("apiVersion"), "apiVersion") {
+            if v != "jumpstarter.dev/v1alpha1" {
+                self.error(
+                    "apiVersion",
+                    root.get("apiVersion").unwrap_or(root),
+                    format!("must be jumpstarter.dev/v1alpha1, found `{v}`"),
+                );
+            }
+        }
+        if let Some(v) = self.text(root.get("kind"), "kind") {
+            if v != "ExporterConfig" {
+                self.error(
+                    "kind",
+                    root.get("kind").unwrap_or(root),
+                    format!("must be ExporterConfig, found `{v}`"),
+                );
+            }
+        }
+        match root.get("metadata") {
+            None => self.error("metadata", root, "`metadata` is missing: add `metadata: {namespace: ..., name: ...}` (or `metadata: {}` with JMP_NAMESPACE and JMP_NAME set)"),
+            Some(meta) => {
+                if let Some(meta) = self.mapping(Some(meta), "metadata") {
+                    for (key, _) in meta.as_map().unwrap_or_default() {
+                        let name = key.as_scalar().unwrap_or_default();
+                        if !matches!(name, "namespace" | "name") {
+                            self.error(&join("metadata", name), key, format!("`metadata.{name}` is not allowed: metadata holds only `namespace` and `name`"));
+                        }
+                    }
+                    config.namespace = match meta.get("namespace") {
+                        Some(n) => self.text(Some(n), "metadata.namespace"),
+                        None => env("JMP_NAMESPACE"),
+                    };
+                    config.name = match meta.get("name") {
+                        Some(n) => self.text(Some(n), "metadata.name"),
+                        None => env("JMP_NAME"),
+                    };
+                }
+            }
+        }
+        config.endpoint = self
+            .text(root.get("endpoint"), "endpoint")
+            .filter(|e| !e.is_empty());
+        config.token = self.text(root.get("token"), "token").map(Secret::new);
+        if let Some(tls) = self.mapping(root.get("tls"), "tls") {
+            self.warn_unknown_keys(tls, "tls", &["ca", "insecure"]);
+            config.tls.ca = self.text(tls.get("ca"), "tls.ca").unwrap_or_default();
+            config.tls.insecure = self.boolean(tls.get("insecure"), "tls.insecure", false);
+        }
+        if ["JMP_GRPC_INSECURE", "JUMPSTARTER_GRPC_INSECURE"]
+            .iter()
+            .any(|k| env(k).as_deref() == Some("1"))
+        {
+            config.tls.insecure = true;
+        }
+        if let Some(options) = self.mapping(root.get("grpcOptions"), "grpcOptions") {
+            for (key, value) in options.as_map().unwrap_or_default() {
+                let key = key.as_scalar().unwrap_or_default().to_string();
+                let path = join("grpcOptions", &key);
+                match value.to_json(&path) {
+                    Ok(v @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => {
+                        config.grpc_options.push((key, v))
+                    }
+                    Ok(_) => self.error(&path, value, "a gRPC option is text or a number"),
+                    Err(e) => self.errors.push(e),
+                }
+            }
+        }
+        config.description = self.text(root.get("description"), "description");
+        if let Some(hooks) = self.mapping(root.get("hooks"), "hooks") {
+            self.warn_unknown_keys(
+                hooks,
+                "hooks",
+                &["beforeLease", "afterLease", "before_lease", "after_lease"],
+            );
+            let before = hooks
+                .get("beforeLease")
+                .map(|n| ("hooks.beforeLease", n))
+                .or(hooks.get("before_lease").map(|n| ("hooks.before_lease", n)));
+            let after = hooks
+                .get("afterLease")
+                .map(|n| ("hooks.afterLease", n))
+                .or(hooks.get("after_lease").map(|n| ("hooks.after_lease", n)));
+            config.hooks.before_lease = before.and_then(|(p, n)| self.hook(n, p));
+            config.hooks.after_lease = after.and_then(|(p, n)| self.hook(n, p));
+        }
+        let detection = root
+            .get("failureDetection")
+            .map(|n| ("failureDetection", n))
+            .or(root
+                .get("failure_detection")
+                .map(|n| ("failure_detection", n)));
+        if let Some((path, node)) = detection {
+            if let Some(node) = self.mapping(Some(node), path) {
+                self.warn_unknown_keys(
+                    node,
+                    path,
+                    &[
+                        "maxRapidFailures",
+                        "rapidFailureWindow",
+                        "max_rapid_failures",
+                        "rapid_failure_window",
+                    ],
+                );
+                for key in [
+                    "maxRapidFailures",
+                    "rapidFailureWindow",
+                    "max_rapid_failures",
+                    "rapid_failure_window",
+                ] {
+                    self.seconds(node.get(key), &join(path, key), 0);
+                }
+            }
+        }
+        if let Some(export) = self.mapping(root.get("export"), "export") {
+            config.export = self.entries(export, "export");
+        }
+        self.check_refs(&config);
+        config
+    }
+
+    fn hook(&mut self, node: &Node, path: &str) -> Option<Hook> {
+        let node = self.mapping(Some(node), path)?;
+        self.warn_unknown_keys(
+            node,
+            path,
+            &[
+                "script",
+                "exec",
+                "exec_",
+                "timeout",
+                "onFailure",
+                "on_failure",
+            ],
+        );
+        let script = match node.get("script") {
+            Some(s) => self.text(Some(s), &join(path, "script")),
+            None => {
+                self.error(
+                    path,
+                    node,
+                    "a hook needs `script` (inline commands, or the path of a script file)",
+                );
+                None
+            }
+        };
+        let exec = match node.get("exec").or(node.get("exec_")) {
+            Some(n) => self.text(Some(n), &join(path, "exec")),
+            None => None,
+        };
+        let timeout = self.seconds(node.get("timeout"), &join(path, "timeout"), 120);
+        let on_failure_node = node.get("onFailure").or(node.get("on_failure"));
+        let on_failure = match self
+            .text(on_failure_node, &join(path, "onFailure"))
+            .as_deref()
+        {
+            None | Some("warn") => OnFailure::Warn,
+            Some("endLease") => OnFailure::EndLease,
+            Some("exit") => OnFailure::Exit,
+            Some(other) => {
+                self.error(
+                    &join(path, "onFailure"),
+                    on_failure_node.unwrap_or(node),
+                    format!("`{other}` is not one of: warn, endLease, exit"),
+                );
+                OnFailure::Warn
+            }
+        };
+        Some(Hook {
+            script: script?,
+            exec,
+            timeout: Duration::from_secs(timeout),
+            on_failure,
+        })
+    }
+
+    fn entries(&mut self, map: &Node, path: &str) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (key, value) in map.as_map().unwrap_or_default() {
+            let name = key.as_scalar().unwrap_or_default();
+            let epath = join(path, name);
+            if name.is_empty() {
+                self.error(&epath, key, "a driver needs a non-empty name");
+                continue;
+            }
+            if !is_identifier(name) {
+                self.warnings.push(yaml::Error::at(&epath, key, format!("`{name}` is not a simple identifier; clients use it as an attribute and `j` sub-command name")));
+            }
+            if let Some(entry) = self.entry(name, value, &epath) {
+                out.push(entry);
+            }
+        }
+        out
+    }
+
+    fn entry(&mut self, name: &str, node: &Node, path: &str) -> Option<Entry> {
+        let node = self.mapping(Some(node), path).or_else(|| {
+            if node.is_null() {
+                self.error(
+                    path,
+                    node,
+                    "an empty driver entry: give `type:` (with `config:`), `children:` or `ref:`",
+                );
+            }
+            None
+        })?;
+        self.warn_unknown_keys(node, path, ENTRY_KEYS);
+        let description = self
+            .text(node.get("description"), &join(path, "description"))
+            .filter(|d| !d.is_empty());
+        let methods_description = self.string_map(
+            node.get("methods_description"),
+            &join(path, "methods_description"),
+        );
+        let children = match self.mapping(node.get("children"), &join(path, "children")) {
+            Some(children) => self.entries(children, &join(path, "children")),
+            None => Vec::new(),
+        };
+        let mut entry = Entry {
+            name: name.to_string(),
+            path: path.to_string(),
+            kind: EntryKind::Proxy { target: Vec::new() },
+            description,
+            methods_description,
+            uuid: None,
+            labels: Vec::new(),
+            children,
+        };
+        match (node.get("type"), node.get("ref")) {
+            (Some(_), Some(r)) => {
+                self.error(
+                    &join(path, "ref"),
+                    r,
+                    "an entry has either `type:` or `ref:`, not both",
+                );
+                None
+            }
+            (None, Some(r)) => {
+                if node.get("children").is_some() {
+                    self.error(&join(path, "ref"), r, "a `ref:` alias cannot have `children:` (upstream would silently make it an empty composite)");
+                    return None;
+                }
+                let target = self.text(Some(r), &join(path, "ref"))?;
+                entry.kind = EntryKind::Proxy {
+                    target: target.split('.').map(str::to_string).collect(),
+                };
+                Some(entry)
+            }
+            (None, None) => {
+                if node.get("children").is_none() {
+                    self.warnings.push(yaml::Error::at(path, node, "entry has no `type:`, `children:` or `ref:`; it becomes an empty composite"));
+                }
+                entry.kind = EntryKind::Driver {
+                    type_name: composite::TYPE.to_string(),
+                    spec: Arc::new(composite::Composite),
+                };
+                Some(entry)
+            }
+            (Some(t), None) => {
+                let type_name = self.text(Some(t), &join(path, "type"))?;
+                let Some(factory) = jmp_drivers::factory(&type_name) else {
+                    let supported: Vec<&str> =
+                        jmp_drivers::BUILTIN.iter().map(|(n, _)| *n).collect();
+                    self.error(&join(path, "type"), t, format!("driver type `{type_name}` is not supported by this exporter; supported types: {}", supported.join(", ")));
+                    return None;
+                };
+                let cpath = join(path, "config");
+                let config = self.driver_config(&mut entry, node.get("config"), &cpath);
+                match factory(&config, &cpath) {
+                    Ok(spec) => {
+                        entry.kind = EntryKind::Driver {
+                            type_name,
+                            spec: Arc::from(spec),
+                        };
+                        Some(entry)
+                    }
+                    Err(e) => {
+                        self.errors.push(e);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the keys every upstream driver inherits (`uuid`, `labels`, `log_level`) out of
+    /// `config:` and returns the rest for the driver's own factory.
+    fn driver_config(&mut self, entry: &mut Entry, node: Option<&Node>, path: &str) -> Node {
+        let empty = Node {
+            value: Value::Map(Vec::new()),
+            mark: node.map(|n| n.mark).unwrap_or_default(),
+        };
+        let Some(node) = self.mapping(node, path) else {
+            return empty;
+        };
+        if let Some(uuid) = node.get("uuid") {
+            match uuid.as_scalar().map(Uuid::parse_str) {
+                Some(Ok(u)) => entry.uuid = Some(u),
+                _ => self.error(
+                    &join(path, "uuid"),
+                    uuid,
+                    format!(
+                        "expected a UUID such as 5b5f0b8e-1c5e-4d6c-9a43-0a1c9f5e2d11, found {}",
+                        uuid.describe()
+                    ),
+                ),
+            }
+        }
+        entry.labels = self.string_map(node.get("labels"), &join(path, "labels"));
+        if let Some(level) = node.get("log_level") {
+            let text = level.as_scalar().unwrap_or_default().to_ascii_uppercase();
+            if !LOG_LEVELS.contains(&text.as_str()) {
+                self.error(
+                    &join(path, "log_level"),
+                    level,
+                    format!(
+                        "expected a log level ({}), found {}",
+                        LOG_LEVELS.join(", "),
+                        level.describe()
+                    ),
+                );
+            }
+        }
+        let rest = node
+            .as_map()
+            .unwrap_or_default()
+            .iter()
+            .filter(|(k, _)| !INHERITED_DRIVER_KEYS.contains(&k.as_scalar().unwrap_or_default()))
+            .cloned()
+            .collect();
+        Node {
+            value: Value::Map(rest),
+            mark: node.mark,
+        }
+    }
+
+    fn check_refs(&mut self, config: &ExporterConfig) {
+        fn walk<'a>(entries: &'a [Entry], out: &mut Vec<&'a Entry>) {
+            for e in entries {
+                out.push(e);
+                walk(&e.children, out);
+            }
+        }
+        let mut all = Vec::new();
+        walk(&config.export, &mut all);
+        for entry in all {
+            if let EntryKind::Proxy { .. } = entry.kind {
+                if let Err(message) = resolve(config, entry) {
+                    self.errors.push(yaml::Error {
+                        path: join(&entry.path, "ref"),
+                        mark: None,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Follows `ref:` aliases to the driver entry they name.
+pub fn resolve<'a>(config: &'a ExporterConfig, mut entry: &'a Entry) -> Result<&'a Entry, String> {
+    for _ in 0..32 {
+        match &entry.kind {
+            EntryKind::Driver { .. } => return Ok(entry),
+            EntryKind::Proxy { target } => {
+                entry = config.find(target).ok_or_else(|| {
+                    format!("`{}` names no entry; use the dot-separated names from the top of `export:` (e.g. `dut.power`)", target.join("."))
+                })?;
+            }
+        }
+    }
+    Err("`ref:` aliases form a loop".into())
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn ok(src: &str) -> Loaded {
+        match parse(src, &no_env) {
+            Ok(l) => l,
+            Err(errors) => panic!("unexpected errors: {errors:?}"),
+        }
+    }
+
+    fn errs(src: &str) -> Vec<String> {
+        parse(src, &no_env)
+            .err()
+            .expect("expected errors")
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    const FULL: &str = r#"
+apiVersion: jumpstarter.dev/v1alpha1
+kind: ExporterConfig
+metadata:
+  namespace: lab
+  name: bench-1
+endpoint: grpc.example.com:443
+token: "s3cret"
+tls:
+  ca: ""
+  insecure: yes
+grpcOptions:
+  grpc.keepalive_time_ms: 20000
+description: Bench one
+export:
+  power:
+    type: jumpstarter_driver_power.driver.MockPower
+    description: main power
+    methods_description:
+      on: switch it on
+    config:
+      uuid: 5b5f0b8e-1c5e-4d6c-9a43-0a1c9f5e2d11
+      labels: {room: "3"}
+      log_level: debug
+  dut:
+    children:
+      serial:
+        type: jumpstarter_driver_pyserial.driver.PySerial
+        config: {url: "loop://"}
+  console:
+    ref: dut.serial
+hooks:
+  beforeLease:
+    script: j power on
+    timeout: 30
+    onFailure: endLease
+"#;
+
+    #[test]
+    fn reads_a_full_upstream_file() {
+        let loaded = ok(FULL);
+        let c = &loaded.config;
+        assert_eq!(c.namespace.as_deref(), Some("lab"));
+        assert_eq!(c.token.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(c.tls.insecure);
+        assert_eq!(c.grpc_options[0].0, "grpc.keepalive_time_ms");
+        let names: Vec<&str> = c.export.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["power", "dut", "console"]);
+        let power = &c.export[0];
+        assert_eq!(
+            power.methods_description,
+            vec![("on".to_string(), "switch it on".to_string())]
+        );
+        assert_eq!(power.labels, vec![("room".to_string(), "3".to_string())]);
+        assert!(power.uuid.is_some());
+        assert_eq!(c.export[1].client(), Some(composite::CLIENT));
+        let console = resolve(c, &c.export[2]).unwrap();
+        assert_eq!(console.name, "serial");
+        let hook = c.hooks.before_lease.as_ref().unwrap();
+        assert_eq!(
+            (hook.timeout, hook.on_failure),
+            (Duration::from_secs(30), OnFailure::EndLease)
+        );
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_path_and_line() {
+        let errors = errs(
+            "metadata:\n  name: x\n  labels: {}\nexport:\n  a:\n    type: nope.Driver\n  b:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: loop://\n      baudrate: fast\n  c:\n    ref: missing.thing\n",
+        );
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("metadata.labels (line 3): "),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1]
+                .starts_with("export.a.type (line 6): driver type `nope.Driver` is not supported"),
+            "{}",
+            errors[1]
+        );
+        assert!(errors[1].contains("jumpstarter_driver_power.driver.MockPower"));
+        assert!(
+            errors[2].starts_with("export.b.config.baudrate (line 11): "),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].starts_with("export.c.ref: `missing.thing` names no entry"),
+            "{}",
+            errors[3]
+        );
+    }
+
+    #[test]
+    fn misspelt_keys_warn_and_env_fills_metadata() {
+        let env = |k: &str| match k {
+            "JMP_NAMESPACE" => Some("from-env".to_string()),
+            "JMP_GRPC_INSECURE" => Some("1".to_string()),
+            _ => None,
+        };
+        let loaded = parse("metadata: {name: n}\nendpiont: x\nexport:\n  p:\n    type: jumpstarter_driver_power.driver.MockPower\n    confg: {}\n", &env).unwrap();
+        assert_eq!(loaded.config.namespace.as_deref(), Some("from-env"));
+        assert!(loaded.config.tls.insecure);
+        let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            warnings[0].starts_with("endpiont (line 2): unknown key"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("export.p.confg (line 6): unknown key"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn shapes_that_upstream_misreads_are_refused() {
+        let e = errs("metadata: {}\nexport:\n  a:\n    ref: b\n    children: {}\n  b:\n    type: jumpstarter_driver_power.driver.MockPower\n");
+        assert!(e[0].contains("cannot have `children:`"), "{e:?}");
+        let e = errs("metadata: {}\nexport:\n  a:\n    type: jumpstarter_driver_power.driver.MockPower\n    ref: a\n");
+        assert!(e[0].contains("not both"), "{e:?}");
+        let e = errs("metadata: {}\nexport:\n  a: {ref: b}\n  b: {ref: a}\n");
+        assert!(e[0].contains("loop"), "{e:?}");
+        let e = errs("export: {}\n");
+        assert!(e[0].contains("`metadata` is missing"), "{e:?}");
+        let e = errs("metadata: {}\nexport:\n  a:\n    type: jumpstarter_driver_power.driver.MockPower\n    config: {uuid: nope}\n");
+        assert!(e[0].starts_with("export.a.config.uuid (line 5)"), "{e:?}");
+        let e = errs("metadata: {}\nhooks:\n  afterLease: {script: x, onFailure: explode}\n");
+        assert!(e[0].contains("not one of: warn, endLease, exit"), "{e:?}");
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut count = 0;
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let loaded = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(
+                    loaded.warnings.is_empty(),
+                    "{}: {:?}",
+                    path.display(),
+                    loaded.warnings
+                );
+                count += 1;
+            }
+        }
+        assert!(count >= 1, "no config files in {}", dir.display());
+    }
+}

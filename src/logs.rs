@@ -1,0 +1,196 @@
+//! Log records for clients: a `tracing` layer copies every event at or above the session log
+//! level into the queue of each live session, and `LogStream` drains that queue.
+//!
+//! As upstream: each session keeps the most recent 256 records from the moment it is created
+//! (so a client that connects late still sees them), and readers remove what they read (two
+//! readers split the records). Events from the drivers crate are tagged as driver logs.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+use crate::proto::{LogSource, LogStreamResponse};
+
+/// Records kept per session before the oldest are dropped.
+pub const CAPACITY: usize = 256;
+
+/// One session's pending records.
+#[derive(Default)]
+pub struct LogQueue {
+    records: Mutex<VecDeque<LogStreamResponse>>,
+    ready: Notify,
+}
+
+impl LogQueue {
+    /// Creates a queue that receives every record logged from now on.
+    pub fn register() -> Arc<LogQueue> {
+        let queue = Arc::new(LogQueue::default());
+        if let Ok(mut sinks) = SINKS.lock() {
+            sinks.retain(|w| w.strong_count() > 0);
+            sinks.push(Arc::downgrade(&queue));
+        }
+        queue
+    }
+
+    pub fn push(&self, record: LogStreamResponse) {
+        if let Ok(mut records) = self.records.lock() {
+            if records.len() == CAPACITY {
+                records.pop_front();
+            }
+            records.push_back(record);
+        }
+        self.ready.notify_waiters();
+    }
+
+    /// Takes every pending record, waiting for at least one.
+    pub async fn next_batch(&self) -> Vec<LogStreamResponse> {
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(mut records) = self.records.lock() {
+                if !records.is_empty() {
+                    return records.drain(..).collect();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+static SINKS: Mutex<Vec<Weak<LogQueue>>> = Mutex::new(Vec::new());
+
+/// The `tracing` layer that feeds session queues.
+pub struct SessionLogLayer {
+    max_level: Level,
+}
+
+impl SessionLogLayer {
+    pub fn new(max_level: Level) -> Self {
+        Self { max_level }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for SessionLogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > self.max_level {
+            return;
+        }
+        let sinks: Vec<Arc<LogQueue>> = match SINKS.lock() {
+            Ok(sinks) => sinks.iter().filter_map(Weak::upgrade).collect(),
+            Err(_) => return,
+        };
+        if sinks.is_empty() {
+            return;
+        }
+        let mut text = MessageText::default();
+        event.record(&mut text);
+        let source = if meta.target().starts_with("jmp_drivers") {
+            LogSource::Driver
+        } else {
+            LogSource::System
+        };
+        let record = LogStreamResponse {
+            uuid: String::new(),
+            severity: severity(*meta.level()).to_string(),
+            message: text.0,
+            source: Some(source as i32),
+        };
+        for sink in sinks {
+            sink.push(record.clone());
+        }
+    }
+}
+
+/// The level names the Python client understands.
+fn severity(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        Level::DEBUG | Level::TRACE => "DEBUG",
+    }
+}
+
+/// The message, then `key=value` for the other fields.
+#[derive(Default)]
+struct MessageText(String);
+
+impl Visit for MessageText {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let mut message = format!("{value:?}");
+            if !self.0.is_empty() {
+                message.push(' ');
+                message.push_str(&self.0);
+            }
+            self.0 = message;
+        } else {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            let _ = write!(self.0, "{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            let _ = write!(self.0, "{}={value}", field.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[tokio::test]
+    async fn records_reach_live_queues_with_source_and_severity() {
+        let subscriber = tracing_subscriber::registry().with(SessionLogLayer::new(Level::INFO));
+        let queue = LogQueue::register();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "jmp_drivers::mock", "power on");
+            tracing::warn!(lease = "l1", "lease ended");
+            tracing::debug!("too detailed");
+        });
+        let batch = queue.next_batch().await;
+        let mine: Vec<_> = batch
+            .iter()
+            .filter(|r| r.message == "power on" || r.message.starts_with("lease ended"))
+            .collect();
+        assert_eq!(mine.len(), 2, "{batch:?}");
+        assert_eq!(mine[0].source, Some(LogSource::Driver as i32));
+        assert_eq!(mine[0].severity, "INFO");
+        assert_eq!(mine[1].message, "lease ended lease=l1");
+        assert_eq!(mine[1].severity, "WARNING");
+        assert_eq!(mine[1].source, Some(LogSource::System as i32));
+        assert!(!batch.iter().any(|r| r.message == "too detailed"));
+    }
+
+    #[test]
+    fn the_queue_keeps_the_newest_records() {
+        let q = LogQueue::default();
+        for i in 0..(CAPACITY + 10) {
+            q.push(LogStreamResponse {
+                message: i.to_string(),
+                ..Default::default()
+            });
+        }
+        let records = q.records.lock().unwrap();
+        assert_eq!(records.len(), CAPACITY);
+        assert_eq!(records.front().unwrap().message, "10");
+    }
+}

@@ -1,0 +1,297 @@
+//! The session's gRPC services: `ExporterService` (report, calls, logs, status, end) and
+//! `RouterService.Stream` for driver byte streams, both over one session's driver tree.
+//!
+//! Driver errors become gRPC codes in exactly one place, [`status_of`]. Nothing a client sends
+//! may panic: unknown UUIDs, methods and malformed stream requests are answered with a code.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use jmp_drivers::{Driver, DriverError, MethodKind};
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+use tokio_util::io::ReaderStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::frame::{self, FrameAction};
+use crate::proto::exporter_service_server::ExporterService;
+use crate::proto::router_service_server::RouterService;
+use crate::proto::*;
+use crate::session::Session;
+use crate::value;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Both services over one session.
+#[derive(Clone)]
+pub struct SessionService {
+    session: Arc<Session>,
+}
+
+impl SessionService {
+    pub fn new(session: Arc<Session>) -> Self {
+        Self { session }
+    }
+
+    /// Finds the driver and checks that `method` is exported with the kind the client used.
+    fn lookup(
+        &self,
+        uuid: &str,
+        method: &str,
+        kind: MethodKind,
+    ) -> Result<Arc<dyn Driver>, Status> {
+        let driver = Uuid::parse_str(uuid)
+            .ok()
+            .and_then(|u| self.session.tree.driver(&u))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no driver with uuid {uuid:?} in this session; GetReport lists the current ones"
+                ))
+            })?;
+        match driver.method(method) {
+            None => Err(Status::not_found(format!(
+                "method {method} not found on driver"
+            ))),
+            Some(k) if k != kind => Err(Status::not_found(format!(
+                "method {method} missing marker {}",
+                kind.marker()
+            ))),
+            Some(_) => Ok(driver),
+        }
+    }
+}
+
+/// The one mapping from driver errors to gRPC codes (codes the Python client turns into its
+/// exception classes).
+pub fn status_of(err: DriverError) -> Status {
+    match err {
+        DriverError::NotImplemented(m) => Status::unimplemented(m),
+        DriverError::InvalidArgument(m) => Status::invalid_argument(m),
+        DriverError::Timeout(m) => Status::deadline_exceeded(m),
+        DriverError::Unavailable(m) => Status::unavailable(m),
+        DriverError::Failed(m) => Status::unknown(m),
+    }
+}
+
+#[tonic::async_trait]
+impl ExporterService for SessionService {
+    async fn get_report(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<GetReportResponse>, Status> {
+        Ok(Response::new(GetReportResponse {
+            uuid: self.session.exporter_uuid.to_string(),
+            labels: Default::default(),
+            reports: self.session.tree.reports().to_vec(),
+            alternative_endpoints: Vec::new(),
+        }))
+    }
+
+    async fn driver_call(
+        &self,
+        request: Request<DriverCallRequest>,
+    ) -> Result<Response<DriverCallResponse>, Status> {
+        let req = request.into_inner();
+        let driver = self.lookup(&req.uuid, &req.method, MethodKind::Call)?;
+        let args = req.args.into_iter().map(value::to_json).collect();
+        let span = tracing::debug_span!("call", driver = %req.uuid, method = %req.method);
+        let result = driver
+            .call(&req.method, args)
+            .instrument(span)
+            .await
+            .map_err(|e| {
+                tracing::debug!(method = %req.method, error = %e, "driver call failed");
+                status_of(e)
+            })?;
+        Ok(Response::new(DriverCallResponse {
+            uuid: Uuid::new_v4().to_string(),
+            result: Some(value::from_json(result)),
+        }))
+    }
+
+    type StreamingDriverCallStream = BoxStream<StreamingDriverCallResponse>;
+
+    async fn streaming_driver_call(
+        &self,
+        request: Request<StreamingDriverCallRequest>,
+    ) -> Result<Response<Self::StreamingDriverCallStream>, Status> {
+        let req = request.into_inner();
+        let driver = self.lookup(&req.uuid, &req.method, MethodKind::Streaming)?;
+        let args = req.args.into_iter().map(value::to_json).collect();
+        let results = driver
+            .streaming_call(&req.method, args)
+            .await
+            .map_err(status_of)?;
+        let responses = results.map(|item| {
+            item.map(|json| StreamingDriverCallResponse {
+                uuid: Uuid::new_v4().to_string(),
+                result: Some(value::from_json(json)),
+            })
+            .map_err(status_of)
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    type LogStreamStream = BoxStream<LogStreamResponse>;
+
+    async fn log_stream(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<Self::LogStreamStream>, Status> {
+        let queue = self.session.logs.clone();
+        let records = futures::stream::unfold(queue, |queue| async move {
+            let batch = queue.next_batch().await;
+            Some((futures::stream::iter(batch.into_iter().map(Ok)), queue))
+        })
+        .flatten();
+        Ok(Response::new(Box::pin(records)))
+    }
+
+    async fn reset(
+        &self,
+        _request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
+        Err(Status::unimplemented("Method not implemented!"))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        Ok(Response::new(self.session.status_response()))
+    }
+
+    async fn end_session(
+        &self,
+        _request: Request<EndSessionRequest>,
+    ) -> Result<Response<EndSessionResponse>, Status> {
+        let (success, message) = self.session.end();
+        Ok(Response::new(EndSessionResponse {
+            success,
+            message: Some(message.to_string()),
+        }))
+    }
+}
+
+/// The `request` metadata of a session byte stream.
+#[derive(serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum StreamTarget {
+    Driver { uuid: String, method: String },
+    Resource {},
+}
+
+#[tonic::async_trait]
+impl RouterService for SessionService {
+    type StreamStream = BoxStream<StreamResponse>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let target = request
+            .metadata()
+            .get("request")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::invalid_argument("stream request lacks the `request` metadata"))
+            .and_then(|text| {
+                serde_json::from_str::<StreamTarget>(text).map_err(|e| {
+                    Status::invalid_argument(format!("stream `request` metadata is not valid: {e}"))
+                })
+            })?;
+        let (uuid, method) = match target {
+            StreamTarget::Driver { uuid, method } => (uuid, method),
+            StreamTarget::Resource {} => {
+                return Err(Status::unimplemented(
+                    "resource streams (used for flashing) are not supported by this exporter",
+                ))
+            }
+        };
+        let driver = self.lookup(&uuid, &method, MethodKind::ByteStream)?;
+        let io = driver.connect(&method).await.map_err(status_of)?;
+        tracing::debug!(driver = %uuid, method = %method, "byte stream opened");
+        let (device_rx, device_tx) = tokio::io::split(io);
+        let inbound = tokio::spawn(client_to_device(request.into_inner(), device_tx));
+        Ok(Response::new(Box::pin(device_to_client(
+            ReaderStream::with_capacity(device_rx, frame::MAX_PAYLOAD),
+            inbound,
+        ))))
+    }
+}
+
+/// Writes the client's DATA to the device until GOAWAY or the end of the call, then closes the
+/// device's write side.
+async fn client_to_device(
+    mut inbound: Streaming<StreamRequest>,
+    mut device: impl tokio::io::AsyncWrite + Unpin,
+) {
+    while let Ok(Some(frame)) = inbound.message().await {
+        match frame::classify(frame.frame_type, frame.payload) {
+            FrameAction::Payload(bytes) => {
+                if !bytes.is_empty() && device.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            FrameAction::Eof => break,
+            FrameAction::Ignore => {}
+        }
+    }
+    let _ = device.shutdown().await;
+}
+
+/// Aborts the inbound pump when the response stream is dropped (the client went away).
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Device bytes as DATA frames, then one GOAWAY; the call itself ends only once the client has
+/// finished sending too, so nothing it sends after our GOAWAY is lost.
+fn device_to_client<R>(
+    device: ReaderStream<R>,
+    inbound: JoinHandle<()>,
+) -> impl Stream<Item = Result<StreamResponse, Status>> + Send
+where
+    R: tokio::io::AsyncRead + Send + 'static,
+{
+    enum Phase {
+        Reading,
+        Draining,
+    }
+    let state = (Box::pin(device), AbortOnDrop(Some(inbound)), Phase::Reading);
+    futures::stream::unfold(state, |(mut device, mut guard, phase)| async move {
+        match phase {
+            Phase::Reading => match device.next().await {
+                Some(Ok(chunk)) => Some((
+                    Ok(frame::data_response(chunk)),
+                    (device, guard, Phase::Reading),
+                )),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "device stream failed");
+                    Some((
+                        Ok(frame::goaway_response()),
+                        (device, guard, Phase::Draining),
+                    ))
+                }
+                None => Some((
+                    Ok(frame::goaway_response()),
+                    (device, guard, Phase::Draining),
+                )),
+            },
+            Phase::Draining => {
+                if let Some(handle) = guard.0.take() {
+                    let _ = handle.await;
+                }
+                None
+            }
+        }
+    })
+}

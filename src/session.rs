@@ -1,0 +1,144 @@
+//! One session: a fresh driver tree, the status clients poll, and the log queue. A session is
+//! the whole process in standalone mode and one lease in controller mode; everything a client
+//! can change lives here and dies with it.
+
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::logs::LogQueue;
+use crate::proto::{ExporterStatus, GetStatusResponse};
+use crate::tree::DriverTree;
+
+/// What `GetStatus` answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusView {
+    pub status: ExporterStatus,
+    pub message: String,
+    pub version: u64,
+    pub previous: Option<ExporterStatus>,
+}
+
+pub struct Session {
+    /// The exporter's per-process UUID, reported by `GetReport`.
+    pub exporter_uuid: Uuid,
+    pub tree: DriverTree,
+    pub logs: Arc<LogQueue>,
+    /// The lease this session serves; `None` for a session without one.
+    pub lease_name: Option<String>,
+    status: Mutex<StatusView>,
+}
+
+pub const READY_MESSAGE: &str = "Ready for commands";
+pub const AVAILABLE_MESSAGE: &str = "Available for new lease";
+
+impl Session {
+    pub fn new(exporter_uuid: Uuid, tree: DriverTree, lease_name: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            exporter_uuid,
+            tree,
+            logs: LogQueue::register(),
+            lease_name,
+            status: Mutex::new(StatusView {
+                status: ExporterStatus::Available,
+                message: String::new(),
+                version: 0,
+                previous: None,
+            }),
+        })
+    }
+
+    /// Records a status change; the version counts every update, even to the same status.
+    pub fn set_status(&self, status: ExporterStatus, message: &str) {
+        if let Ok(mut view) = self.status.lock() {
+            view.previous = Some(view.status);
+            view.status = status;
+            view.message = message.to_string();
+            view.version += 1;
+        }
+        tracing::info!("Updated status to {}: {message}", status_name(status));
+    }
+
+    pub fn status(&self) -> StatusView {
+        self.status.lock().map(|v| v.clone()).unwrap_or(StatusView {
+            status: ExporterStatus::Unspecified,
+            message: String::new(),
+            version: 0,
+            previous: None,
+        })
+    }
+
+    pub fn status_response(&self) -> GetStatusResponse {
+        let view = self.status();
+        GetStatusResponse {
+            status: view.status as i32,
+            message: Some(view.message),
+            status_version: view.version,
+            previous_status: view.previous.map(|p| p as i32),
+        }
+    }
+
+    /// A client asked to end the session. Without hooks this only makes the exporter
+    /// available again; the lease itself is released by the client.
+    pub fn end(&self) -> (bool, &'static str) {
+        if self.lease_name.is_none() {
+            return (false, "No active lease context");
+        }
+        self.set_status(ExporterStatus::Available, AVAILABLE_MESSAGE);
+        (
+            true,
+            "Session end triggered, afterLease hook running asynchronously",
+        )
+    }
+}
+
+/// The status name as upstream logs it (`LEASE_READY`).
+pub fn status_name(status: ExporterStatus) -> &'static str {
+    status
+        .as_str_name()
+        .strip_prefix("EXPORTER_STATUS_")
+        .unwrap_or("UNSPECIFIED")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(lease: Option<&str>) -> Arc<Session> {
+        let config = crate::config::parse("metadata: {}\n", &|_| None)
+            .unwrap()
+            .config;
+        Session::new(
+            Uuid::new_v4(),
+            DriverTree::build(&config).unwrap(),
+            lease.map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn status_versions_count_every_update() {
+        let s = session(Some("standalone"));
+        let fresh = s.status_response();
+        assert_eq!(
+            (fresh.status, fresh.status_version, fresh.previous_status),
+            (ExporterStatus::Available as i32, 0, None)
+        );
+        assert_eq!(fresh.message.as_deref(), Some(""));
+        s.set_status(ExporterStatus::LeaseReady, READY_MESSAGE);
+        s.set_status(ExporterStatus::LeaseReady, READY_MESSAGE);
+        let r = s.status_response();
+        assert_eq!(r.status_version, 2);
+        assert_eq!(r.previous_status, Some(ExporterStatus::LeaseReady as i32));
+        assert_eq!(status_name(ExporterStatus::LeaseReady), "LEASE_READY");
+    }
+
+    #[test]
+    fn end_session_needs_a_lease() {
+        assert_eq!(session(None).end(), (false, "No active lease context"));
+        let s = session(Some("standalone"));
+        s.set_status(ExporterStatus::LeaseReady, READY_MESSAGE);
+        assert!(s.end().0);
+        assert_eq!(s.status().status, ExporterStatus::Available);
+        assert_eq!(s.status().message, AVAILABLE_MESSAGE);
+    }
+}

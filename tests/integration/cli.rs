@@ -1,0 +1,83 @@
+//! The command line: `check` output and exit codes, and `run` refusing a bad config before
+//! anything binds.
+
+use std::process::Command;
+
+use crate::support::exporter::{binary, config};
+
+#[test]
+fn check_prints_the_demo_tree() {
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(config("demo.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("(root) -> jumpstarter_driver_composite.client.CompositeClient\n"),
+        "{text}"
+    );
+    assert!(text.contains("  power: jumpstarter_driver_power.driver.MockPower -> jumpstarter_driver_power.client.PowerClient\n"));
+    assert!(text
+        .contains("  console: ref serial -> jumpstarter_driver_pyserial.client.PySerialClient\n"));
+}
+
+#[test]
+fn bad_configs_exit_78_with_every_error_and_bind_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "metadata: {}\ntoken: do-not-print-me\nexport:\n  a:\n    type: nope.Driver\n  b:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {url: 'loop://', baudrate: fast}\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 configuration errors"), "{stderr}");
+    assert!(
+        stderr.contains("export.a.type (line 5): driver type `nope.Driver` is not supported"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("export.b.config.baudrate (line 8)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("do-not-print-me"));
+
+    let socket = dir.path().join("s.sock");
+    let out = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&file)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        !socket.exists(),
+        "a socket was bound despite the config errors"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_standalone_exporter_cleanly() {
+    let mut exporter = crate::support::exporter::Exporter::unix(&config("demo.yaml"));
+    let socket = exporter.socket.clone().unwrap();
+    let status = exporter.stop();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        exporter.log()
+    );
+    assert!(!socket.exists(), "the socket file was left behind");
+}

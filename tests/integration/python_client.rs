@@ -1,0 +1,170 @@
+//! The unchanged upstream Python client 0.9.0 against a real `jmp-exporter` process, over the
+//! Unix socket and over standalone TCP (with and without passphrase).
+
+use serde_json::json;
+
+use crate::support::exporter::{config, Exporter};
+use crate::support::python::{self, drive};
+
+#[test]
+fn the_client_builds_the_tree_and_drives_every_demo_driver_over_a_unix_socket() {
+    let exporter = Exporter::unix(&config("demo.yaml"));
+    let host = exporter.host();
+    let tree = drive(&host, "tree", &[]);
+    assert_eq!(tree["classes"]["console"], "PySerialClient");
+    assert_eq!(
+        tree["description"],
+        "Demo exporter: mock power, an echo stream and a loopback serial console"
+    );
+    let power = drive(&host, "power", &[]);
+    assert_eq!(
+        power["readings"],
+        json!([[0.0, 0.0, 0.0], [5.0, 2.0, 10.0]])
+    );
+    assert!(exporter.wait_for_log("power on"), "{}", exporter.log());
+    assert!(exporter.log().contains("power off"));
+    assert_eq!(drive(&host, "serial", &[])["echoed"], "hello serial");
+    assert_eq!(drive(&host, "echo", &[])["bytes"], 1 << 20);
+}
+
+#[test]
+fn driver_errors_reach_the_client_as_its_exceptions() {
+    let exporter = Exporter::unix(&config("demo.yaml"));
+    let seen = drive(&exporter.host(), "errors", &[]);
+    assert!(
+        seen["unknown_method"]
+            .as_str()
+            .unwrap()
+            .contains("method explode not found on driver"),
+        "{seen}"
+    );
+    assert!(
+        seen["bad_args"]
+            .as_str()
+            .unwrap()
+            .contains("on() takes 0 arguments, got 1"),
+        "{seen}"
+    );
+    assert!(
+        seen["wrong_kind"]
+            .as_str()
+            .unwrap()
+            .contains("missing marker marker_streamingdrivercall"),
+        "{seen}"
+    );
+    assert!(
+        seen["unknown_driver"]
+            .as_str()
+            .unwrap()
+            .contains("00000000-0000-4000-8000-000000000000"),
+        "{seen}"
+    );
+}
+
+#[test]
+fn session_rpcs_behave_as_upstream() {
+    let exporter = Exporter::unix(&config("demo.yaml"));
+    let result = drive(&exporter.host(), "session_rpcs", &[]);
+    assert_eq!(
+        result["version_before"], "1",
+        "standalone starts at v1 LEASE_READY: {result}"
+    );
+    assert_eq!(result["version_after"], "2");
+    assert_eq!(
+        result["end"],
+        json!([
+            true,
+            "Session end triggered, afterLease hook running asynchronously"
+        ])
+    );
+}
+
+#[test]
+fn j_and_jmp_shell_work_over_standalone_tcp() {
+    let exporter = Exporter::tcp(&config("demo.yaml"), &["--tls-grpc-insecure"]);
+    let host = exporter.host();
+    assert_eq!(
+        drive(&host, "power", &[("JMP_GRPC_INSECURE", "1")])["readings"][1][2],
+        10.0
+    );
+
+    let mut j = python::command("j");
+    j.args(["power", "off"])
+        .env("JUMPSTARTER_HOST", &host)
+        .env("JMP_GRPC_INSECURE", "1");
+    let out = python::output_with_timeout(j, 60);
+    assert!(
+        out.status.success(),
+        "j power off: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exporter.wait_for_log("power off"), "{}", exporter.log());
+
+    let mut shell = python::command("jmp");
+    shell.args([
+        "shell",
+        "--tls-grpc",
+        &host,
+        "--tls-grpc-insecure",
+        "--",
+        "j",
+        "power",
+        "on",
+    ]);
+    let before = exporter.log().matches("power on").count();
+    let out = python::output_with_timeout(shell, 60);
+    assert!(
+        out.status.success(),
+        "jmp shell: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while exporter.log().matches("power on").count() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "j power on inside jmp shell never reached the exporter:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_passphrase_is_required_on_tcp() {
+    let exporter = Exporter::tcp(
+        &config("demo.yaml"),
+        &["--tls-grpc-insecure", "--passphrase", "open-sesame"],
+    );
+    let host = exporter.host();
+    let ok = drive(
+        &host,
+        "power",
+        &[
+            ("JMP_GRPC_INSECURE", "1"),
+            ("JMP_GRPC_PASSPHRASE", "open-sesame"),
+        ],
+    );
+    assert_eq!(ok["readings"][1][0], 5.0);
+
+    for wrong in [Some("guess"), None] {
+        let mut j = python::command("j");
+        j.args(["power", "on"])
+            .env("JUMPSTARTER_HOST", &host)
+            .env("JMP_GRPC_INSECURE", "1");
+        if let Some(pw) = wrong {
+            j.env("JMP_GRPC_PASSPHRASE", pw);
+        }
+        let out = python::output_with_timeout(j, 60);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a wrong passphrase was accepted");
+        assert!(stderr.contains("passphrase"), "{stderr}");
+    }
+    assert!(
+        !exporter.log().contains("guess"),
+        "a passphrase attempt was logged"
+    );
+    assert!(
+        !exporter.log().contains("open-sesame"),
+        "the passphrase was logged"
+    );
+}

@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests: the Python client's virtualenv and a running
+//! exporter process.
+
+pub mod exporter;
+pub mod python;

@@ -1,0 +1,120 @@
+//! The unchanged upstream Python client, installed from PyPI into a virtualenv under
+//! `target/` the first time a test needs it (pinned in `tests/python-requirements.txt`).
+//! Test processes may run in parallel, so creation is guarded by a file lock.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn requirements() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python-requirements.txt")
+}
+
+/// The virtualenv's `bin` directory, created on first use.
+pub fn venv_bin() -> PathBuf {
+    let venv = target_dir().join("python-client-0.9.0");
+    let bin = venv.join("bin");
+    let stamp = venv.join(".installed");
+    let wanted = std::fs::read_to_string(requirements()).expect("tests/python-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return bin;
+    }
+    std::fs::create_dir_all(target_dir()).expect("target dir");
+    let lock = std::fs::File::create(target_dir().join("python-client.lock")).expect("lock file");
+    lock.lock().expect("lock the virtualenv");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(&python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv));
+        run(Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(requirements()));
+        std::fs::write(&stamp, &wanted).expect("write stamp");
+    }
+    bin
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A command from the virtualenv (`python`, `j`, `jmp`), with a clean client environment.
+pub fn command(program: &str) -> Command {
+    let bin = venv_bin();
+    let mut cmd = Command::new(bin.join(program));
+    for var in [
+        "JMP_LEASE",
+        "JUMPSTARTER_HOST",
+        "JMP_GRPC_INSECURE",
+        "JMP_GRPC_PASSPHRASE",
+        "JMP_DRIVERS_ALLOW",
+    ] {
+        cmd.env_remove(var);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{}:{path}", bin.display()));
+    cmd.env("JMP_DRIVERS_ALLOW", "jumpstarter_driver_*");
+    cmd.env("PYTHONUNBUFFERED", "1");
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs a scenario of `tests/python/drive.py` against `host` and returns its JSON result.
+pub fn drive(host: &str, scenario: &str, envs: &[(&str, &str)]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/drive.py");
+    let mut cmd = command("python");
+    cmd.arg(script).arg(scenario).env("JUMPSTARTER_HOST", host);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = output_with_timeout(cmd, 120);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let value: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad output {line:?}: {e}"));
+    assert_eq!(value["scenario"], scenario);
+    value["result"].clone()
+}
+
+/// Runs a command, killing it if it takes longer than `secs`.
+pub fn output_with_timeout(mut cmd: Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx
+            .recv_timeout(std::time::Duration::from_secs(secs))
+            .is_err()
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait for command");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    out
+}

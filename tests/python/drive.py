@@ -1,0 +1,165 @@
+"""Drives a running jmp-exporter with the unchanged upstream Python client (0.9.0).
+
+Run as `python drive.py SCENARIO` with JUMPSTARTER_HOST (and, for TCP, JMP_GRPC_INSECURE /
+JMP_GRPC_PASSPHRASE) set. Each scenario asserts what the client sees and prints one JSON line
+that the Rust test checks as well; any failure exits non-zero with the traceback.
+"""
+
+import json
+import sys
+import uuid
+
+from jumpstarter.client.core import DriverError, DriverInvalidArgument, DriverMethodNotImplemented
+from jumpstarter.utils.env import env
+
+
+def tree(client):
+    names = {
+        "root": type(client).__name__,
+        "power": type(client.power).__name__,
+        "echo": type(client.echo).__name__,
+        "serial": type(client.serial).__name__,
+        "console": type(client.console).__name__,
+    }
+    assert names == {
+        "root": "CompositeClient",
+        "power": "PowerClient",
+        "echo": "NetworkClient",
+        "serial": "PySerialClient",
+        "console": "PySerialClient",
+    }, names
+    assert client.console.uuid == client.serial.uuid
+    return {"classes": names, "description": client.description}
+
+
+def power(client):
+    client.power.on()
+    client.power.off()
+    client.power.cycle(wait=0.1)
+    readings = [[r.voltage, r.current, r.apparent_power] for r in client.power.read()]
+    assert readings == [[0.0, 0.0, 0.0], [5.0, 2.0, 10.0]], readings
+    return {"readings": readings}
+
+
+def serial(client):
+    with client.serial.stream() as s:
+        s.send(b"hello serial")
+        got = b""
+        while len(got) < 12:
+            got += s.receive()
+    assert got == b"hello serial", got
+    with client.serial.pexpect() as p:
+        p.sendline("ping 42")
+        p.expect("ping 42", timeout=10)
+    return {"echoed": got.decode()}
+
+
+def echo(client):
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with client.echo.stream() as s:
+        s.send(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            got += s.receive()
+    assert bytes(got) == payload
+    return {"bytes": len(got)}
+
+
+def errors(client):
+    seen = {}
+    try:
+        client.power.call("explode")
+    except DriverMethodNotImplemented as e:
+        seen["unknown_method"] = str(e)
+    try:
+        client.power.call("on", 1)
+    except DriverInvalidArgument as e:
+        seen["bad_args"] = str(e)
+    try:
+        list(client.power.streamingcall("on"))
+    except DriverError as e:
+        seen["wrong_kind"] = str(e)
+    real = client.power.uuid
+    client.power.uuid = uuid.UUID("00000000-0000-4000-8000-000000000000")
+    try:
+        client.power.call("on")
+    except DriverError as e:
+        seen["unknown_driver"] = str(e)
+    finally:
+        client.power.uuid = real
+    client.power.on()  # the session still works after every error
+    assert set(seen) == {"unknown_method", "bad_args", "wrong_kind", "unknown_driver"}, seen
+    return seen
+
+
+SCENARIOS = {f.__name__: f for f in (tree, power, serial, echo, errors)}
+
+
+
+def session_rpcs(host):
+    """GetStatus, LogStream and EndSession through the upstream generated stubs."""
+    import grpc
+    from google.protobuf import empty_pb2
+    from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
+
+    channel = grpc.insecure_channel(f"unix://{host}")
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(channel)
+    status = stub.GetStatus(jumpstarter_pb2.GetStatusRequest(), timeout=10)
+    assert status.status == common_pb2.EXPORTER_STATUS_LEASE_READY, status
+    assert status.message == "Ready for commands", status
+    report = stub.GetReport(empty_pb2.Empty(), timeout=10)
+    power = next(r.uuid for r in report.reports if r.labels.get("jumpstarter.dev/name") == "power")
+    stub.DriverCall(jumpstarter_pb2.DriverCallRequest(uuid=power, method="on"), timeout=10)
+    records = stub.LogStream(empty_pb2.Empty(), timeout=10)
+    seen = None
+    for record in records:
+        if record.message == "power on":
+            seen = {"severity": record.severity, "source": common_pb2.LogSource.Name(record.source)}
+            break
+    records.cancel()
+    assert seen == {"severity": "INFO", "source": "LOG_SOURCE_DRIVER"}, seen
+    try:
+        stub.Reset(jumpstarter_pb2.ResetRequest(), timeout=10)
+        raise AssertionError("Reset answered")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+    ended = stub.EndSession(jumpstarter_pb2.EndSessionRequest(), timeout=10)
+    after = stub.GetStatus(jumpstarter_pb2.GetStatusRequest(), timeout=10)
+    assert after.status == common_pb2.EXPORTER_STATUS_AVAILABLE, after
+    assert after.previous_status == common_pb2.EXPORTER_STATUS_LEASE_READY, after
+    return {
+        "version_before": status.status_version,
+        "version_after": after.status_version,
+        "end": [ended.success, ended.message],
+        "log": seen,
+    }
+
+
+def descriptors(_host):
+    """The serialized FileDescriptorProto of every upstream protocol file, base64."""
+    import base64
+    from google.protobuf import descriptor_pb2
+    from jumpstarter_protocol.jumpstarter.client.v1 import client_pb2
+    from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2, kubernetes_pb2, router_pb2
+
+    out = {}
+    for module in (common_pb2, kubernetes_pb2, router_pb2, jumpstarter_pb2, client_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        out[proto.name] = base64.b64encode(proto.SerializeToString()).decode()
+    return out
+
+
+RAW = {"session_rpcs": session_rpcs, "descriptors": descriptors}
+
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    if name in RAW:
+        import os
+
+        result = RAW[name](os.environ.get("JUMPSTARTER_HOST", ""))
+    else:
+        with env() as client:
+            result = SCENARIOS[name](client)
+    print(json.dumps({"scenario": name, "result": result}))
