@@ -761,8 +761,7 @@ mod tests {
 
     fn errs(src: &str) -> Vec<String> {
         parse(src, &no_env)
-            .err()
-            .expect("expected errors")
+            .expect_err("expected errors")
             .iter()
             .map(|e| e.to_string())
             .collect()

@@ -150,7 +150,7 @@ impl Builder {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let plain =
-                    style == ScalarStyle::Plain && !tag.as_ref().is_some_and(|t| t.suffix == "str");
+                    style == ScalarStyle::Plain && tag.as_ref().is_none_or(|t| t.suffix != "str");
                 let node = Node {
                     value: Value::Scalar {
                         text: text.into_owned(),

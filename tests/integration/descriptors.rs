@@ -12,6 +12,8 @@ use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
 use crate::support::python;
 
 type Field = (String, i32, Type, Label, String, bool);
+/// Name, input, output, client streaming, server streaming.
+type Method = (String, String, String, bool, bool);
 
 fn fields(m: &DescriptorProto) -> Vec<Field> {
     let mut out: Vec<Field> = m
@@ -63,7 +65,7 @@ fn enums(file: &FileDescriptorProto) -> BTreeMap<String, Vec<(String, i32)>> {
 
 fn services(
     file: &FileDescriptorProto,
-) -> BTreeMap<String, Vec<(String, String, String, bool, bool)>> {
+) -> BTreeMap<String, Vec<Method>> {
     file.service
         .iter()
         .map(|s| {
