@@ -81,3 +81,37 @@ fn sigterm_stops_a_standalone_exporter_cleanly() {
     );
     assert!(!socket.exists(), "the socket file was left behind");
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_client_that_never_hangs_up() {
+    use std::io::{BufRead, BufReader};
+    let mut exporter =
+        crate::support::exporter::Exporter::tcp(&config("demo.yaml"), &["--tls-grpc-insecure"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/drive.py");
+    let mut holder = crate::support::python::command("python")
+        .arg(script)
+        .arg("hold_logstream")
+        .env("JUMPSTARTER_HOST", exporter.host())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("holding")
+    );
+    let started = std::time::Instant::now();
+    let status = exporter.stop();
+    assert!(status.success(), "{status:?}\n{}", exporter.log());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let ended = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        ended.contains("\"ended\""),
+        "the held stream did not end: {ended:?}"
+    );
+    let _ = holder.wait();
+}

@@ -63,9 +63,7 @@ fn enums(file: &FileDescriptorProto) -> BTreeMap<String, Vec<(String, i32)>> {
         .collect()
 }
 
-fn services(
-    file: &FileDescriptorProto,
-) -> BTreeMap<String, Vec<Method>> {
+fn services(file: &FileDescriptorProto) -> BTreeMap<String, Vec<Method>> {
     file.service
         .iter()
         .map(|s| {

@@ -168,3 +168,39 @@ fn the_passphrase_is_required_on_tcp() {
         "the passphrase was logged"
     );
 }
+
+#[test]
+fn the_tls_listener_serves_grpcio_with_a_verified_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let exporter = Exporter::tcp(
+        &config("demo.yaml"),
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+            "--passphrase",
+            "pw",
+        ],
+    );
+    let result = drive(
+        &exporter.host(),
+        "tls_report",
+        &[
+            ("TEST_CA_FILE", cert_file.to_str().unwrap()),
+            ("JMP_GRPC_PASSPHRASE", "pw"),
+        ],
+    );
+    assert_eq!(
+        result["names"],
+        json!(["", "power", "echo", "serial", "console"])
+    );
+}

@@ -150,7 +150,42 @@ def descriptors(_host):
     return out
 
 
-RAW = {"session_rpcs": session_rpcs, "descriptors": descriptors}
+def hold_logstream(host):
+    """Keeps a LogStream open until the exporter closes the connection."""
+    import grpc
+    from google.protobuf import empty_pb2
+    from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2_grpc
+
+    channel = grpc.insecure_channel(host if ":" in host else f"unix://{host}")
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(channel)
+    records = stub.LogStream(empty_pb2.Empty())
+    print("holding", flush=True)
+    try:
+        for _ in records:
+            pass
+    except grpc.RpcError as e:
+        return {"ended": e.code().name}
+    return {"ended": "OK"}
+
+
+def tls_report(host):
+    """GetReport over the standalone TLS listener, trusting the test's CA file."""
+    import os
+
+    import grpc
+    from google.protobuf import empty_pb2
+    from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2_grpc
+
+    with open(os.environ["TEST_CA_FILE"], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    channel = grpc.secure_channel(host, creds)
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(channel)
+    metadata = [("x-jumpstarter-passphrase", os.environ["JMP_GRPC_PASSPHRASE"])]
+    report = stub.GetReport(empty_pb2.Empty(), timeout=10, metadata=metadata)
+    return {"names": [r.labels.get("jumpstarter.dev/name", "") for r in report.reports]}
+
+
+RAW = {"session_rpcs": session_rpcs, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
 
 
 if __name__ == "__main__":
