@@ -18,4 +18,5 @@ pub mod service;
 pub mod session;
 pub mod standalone;
 pub mod tree;
+pub mod tunnel;
 pub mod value;

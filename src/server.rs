@@ -44,6 +44,8 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 pub enum Origin {
     Unix,
     Tcp,
+    /// A client tunnelled through the router; the controller already checked who it is.
+    Tunnel,
 }
 
 /// Anything that carries bytes both ways.

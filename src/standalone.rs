@@ -37,6 +37,8 @@ pub enum StandaloneError {
 /// A running standalone exporter.
 pub struct Running {
     pub tcp_addr: Option<SocketAddr>,
+    /// Feeds further connections (router tunnels, tests) into the session's server.
+    pub conns: server::ConnSender,
     pub session: std::sync::Arc<Session>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -59,12 +61,13 @@ pub async fn start(
     }
     let mut tcp_addr = None;
     if let Some(addr) = &listeners.tcp {
-        let bound = server::listen_tcp(addr, listeners.tls, conns, stop.clone()).await?;
+        let bound = server::listen_tcp(addr, listeners.tls, conns.clone(), stop.clone()).await?;
         tracing::info!(address = %bound, "serving on TCP");
         tcp_addr = Some(bound);
     }
     Ok(Running {
         tcp_addr,
+        conns,
         session,
         server,
     })

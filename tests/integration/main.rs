@@ -6,3 +6,4 @@ mod support;
 mod cli;
 mod descriptors;
 mod python_client;
+mod tunnel;
