@@ -1,34 +1,1370 @@
-//! placeholder (temporary pass-through until the real edge lands)
+//! The HTTP/2 edge: makes the HTTP/2 that real clients send acceptable to our server.
+//!
+//! grpcio, which the Jumpstarter Python client runs on, names every request it sends over a
+//! Unix socket with an `:authority` of the percent-encoded socket path
+//! (`tmp%2Fjmp-…%2Fexporter.sock`). The `http` crate under h2/hyper/tonic refuses that as an
+//! authority and h2 resets the stream, so without help no call from that client would reach a
+//! service. That holds for every client connection we serve, including those a router tunnels
+//! to us as raw bytes.
+//!
+//! The edge sits on the client-to-server byte stream of a connection, ahead of the server, and
+//! overwrites such a value in place with one of the same length that the server accepts. The
+//! length matters: the client stores the value in its HPACK dynamic table and later requests
+//! only point at that entry. Same-length values keep the entry sizes, and therefore the
+//! evictions, of both tables identical, and the server's copy of the entry holds the repaired
+//! value, so the later requests pass too.
+//!
+//! Bytes in, bytes out; nothing is re-encoded. It owns no other job: it checks nothing, and
+//! whatever it does not understand it passes on unchanged for the server to judge.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use httlib_huffman::DecoderSpeed;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-pub struct Http2Edge<T>(T);
+use tonic::codegen::http::uri::Authority;
+
+/// Largest header block (raw HEADERS + CONTINUATION frames) held back for rewriting. Real
+/// request headers are a few hundred bytes; a bigger block is passed on unchanged.
+pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEAD: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+/// How much is read from the connection at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the repair puts where a value has a byte no authority may hold.
+const REPLACEMENT: u8 = b'-';
+
+/// A connection whose client-to-server bytes pass through an [`AuthorityRewriter`].
+pub struct Http2Edge<T> {
+    io: T,
+    rewriter: AuthorityRewriter,
+    /// Rewritten bytes the server has not taken yet; a released header block can be larger
+    /// than the server's read buffer.
+    pending: BytesMut,
+    chunk: Box<[u8]>,
+    eof: bool,
+}
+
 impl<T> Http2Edge<T> {
     pub fn new(io: T) -> Self {
-        Self(io)
+        Self {
+            io,
+            rewriter: AuthorityRewriter::new(),
+            pending: BytesMut::new(),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            eof: false,
+        }
+    }
+
+    /// The wrapped connection. There is deliberately no way to take it out or read from it
+    /// directly: bytes already held by the edge would be lost or reordered.
+    pub fn get_ref(&self) -> &T {
+        &self.io
     }
 }
+
 impl<T: AsyncRead + Unpin> AsyncRead for Http2Edge<T> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Reading on while the rewriter holds everything back is bounded: it never holds
+            // more than one frame head plus MAX_HEADER_BLOCK. Returning an empty read instead
+            // would tell the server the connection ended.
+            let mut chunk = ReadBuf::new(&mut this.chunk);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut chunk))?;
+            if chunk.filled().is_empty() {
+                this.eof = true;
+                this.rewriter.finish(&mut this.pending);
+            } else {
+                this.rewriter.feed(chunk.filled(), &mut this.pending);
+            }
+        }
     }
 }
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Http2Edge<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The client-to-server half of the edge, without any I/O: bytes go in through
+/// [`feed`](Self::feed) and come out, in order and with the same total length, in `out`.
+///
+/// Only header blocks are held back until they are complete; everything else leaves as soon
+/// as its frame head has been seen. When the stream stops making sense (no HTTP/2 preface, a
+/// header block that is interrupted, too large or not valid HPACK) the rewriter can no longer
+/// be sure what the server's HPACK table holds, so it stops touching anything and passes the
+/// rest of the connection through unchanged.
+pub struct AuthorityRewriter {
+    state: State,
+    head: [u8; FRAME_HEAD],
+    head_len: usize,
+    /// Raw frames of the header block being collected, frame heads included.
+    block: Vec<u8>,
+    table: DynamicTable,
+    reported_unfixable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// This many bytes of the client preface have been seen.
+    Preface(usize),
+    /// Collecting a frame head into `head`.
+    Head,
+    /// Passing on this many more payload bytes of a frame we do not look into.
+    Forward(usize),
+    /// Collecting this many more payload bytes of a header block frame into `block`.
+    Block {
+        left: usize,
+        end_headers: bool,
+    },
+    Passthrough,
+}
+
+impl Default for AuthorityRewriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuthorityRewriter {
+    pub fn new() -> Self {
+        Self {
+            state: State::Preface(0),
+            head: [0; FRAME_HEAD],
+            head_len: 0,
+            block: Vec::new(),
+            table: DynamicTable::new(),
+            reported_unfixable: false,
+        }
+    }
+
+    /// Takes the next bytes the client sent and appends to `out` every byte that may go on
+    /// to the server.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut BytesMut) {
+        loop {
+            match self.state {
+                // Empty frames complete without input, so these come before the input check.
+                State::Forward(0) => self.state = State::Head,
+                State::Block {
+                    left: 0,
+                    end_headers,
+                } => {
+                    if end_headers {
+                        self.release_block(out);
+                    } else {
+                        self.state = State::Head;
+                    }
+                }
+                _ if input.is_empty() => return,
+                State::Passthrough => {
+                    out.extend_from_slice(input);
+                    return;
+                }
+                State::Preface(seen) => {
+                    let n = (PREFACE.len() - seen).min(input.len());
+                    if input[..n] != PREFACE[seen..seen + n] {
+                        // Not HTTP/2 from a client; the server will say so itself.
+                        self.give_up("no HTTP/2 client preface", out);
+                        continue;
+                    }
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = if seen + n == PREFACE.len() {
+                        State::Head
+                    } else {
+                        State::Preface(seen + n)
+                    };
+                }
+                State::Head => {
+                    let n = (FRAME_HEAD - self.head_len).min(input.len());
+                    self.head[self.head_len..self.head_len + n].copy_from_slice(&input[..n]);
+                    self.head_len += n;
+                    input = &input[n..];
+                    if self.head_len == FRAME_HEAD {
+                        self.start_frame(out);
+                    }
+                }
+                State::Forward(left) => {
+                    let n = left.min(input.len());
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = State::Forward(left - n);
+                }
+                State::Block { left, end_headers } => {
+                    let n = left.min(input.len());
+                    self.block.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = State::Block {
+                        left: left - n,
+                        end_headers,
+                    };
+                }
+            }
+        }
+    }
+
+    /// The client has stopped sending: hands on whatever is still held back, unchanged.
+    pub fn finish(&mut self, out: &mut BytesMut) {
+        if !self.block.is_empty() || self.head_len > 0 {
+            self.give_up("connection ended inside a frame", out);
+        }
+    }
+
+    /// True once the rewriter has stopped looking at the stream.
+    pub fn is_passthrough(&self) -> bool {
+        self.state == State::Passthrough
+    }
+
+    fn start_frame(&mut self, out: &mut BytesMut) {
+        let len = usize::from(self.head[0]) << 16
+            | usize::from(self.head[1]) << 8
+            | usize::from(self.head[2]);
+        let kind = self.head[3];
+        let flags = self.head[4];
+        let in_block = !self.block.is_empty();
+        match (kind, in_block) {
+            (HEADERS, false) | (CONTINUATION, true) => {
+                if self.block.len() + FRAME_HEAD + len > MAX_HEADER_BLOCK {
+                    self.give_up("header block too large to rewrite", out);
+                    return;
+                }
+                self.block.extend_from_slice(&self.head);
+                self.state = State::Block {
+                    left: len,
+                    end_headers: flags & END_HEADERS != 0,
+                };
+            }
+            (_, true) => {
+                self.give_up("header block interrupted by another frame", out);
+                return;
+            }
+            (_, false) => {
+                out.extend_from_slice(&self.head);
+                self.state = State::Forward(len);
+            }
+        }
+        self.head_len = 0;
+    }
+
+    fn release_block(&mut self, out: &mut BytesMut) {
+        match self.rewrite_block() {
+            Ok(()) => {
+                out.extend_from_slice(&self.block);
+                self.block.clear();
+                // One odd block must not pin its size for the life of the connection.
+                self.block.shrink_to(16 * 1024);
+                self.state = State::Head;
+            }
+            Err(why) => self.give_up(why, out),
+        }
+    }
+
+    /// Passes everything held back on unchanged and stops rewriting for good: the HPACK
+    /// table can no longer be followed, and a wrong guess would corrupt requests.
+    fn give_up(&mut self, why: &'static str, out: &mut BytesMut) {
+        tracing::debug!("http2 edge: {why}; passing the rest of the connection through");
+        out.extend_from_slice(&self.block);
+        self.block = Vec::new();
+        out.extend_from_slice(&self.head[..self.head_len]);
+        self.head_len = 0;
+        self.state = State::Passthrough;
+    }
+
+    fn report_unfixable(&mut self, why: &str) {
+        if !self.reported_unfixable {
+            self.reported_unfixable = true;
+            tracing::debug!(
+                "http2 edge: the server will refuse an :authority value that cannot be \
+                 repaired in place ({why})"
+            );
+        }
+    }
+
+    /// Repairs the complete header block in `self.block`; changes nothing unless the whole
+    /// block could be read.
+    fn rewrite_block(&mut self) -> Result<(), &'static str> {
+        let fragments = fragments(&self.block)?;
+        // A string may straddle frames: read the block as HPACK sees it, then write back.
+        let mut hpack = Vec::with_capacity(self.block.len());
+        for range in &fragments {
+            hpack.extend_from_slice(&self.block[range.clone()]);
+        }
+        let invalid = self.walk(&hpack)?;
+        if invalid.is_empty() {
+            return Ok(());
+        }
+        for range in invalid {
+            if !repair_authority(&mut hpack[range]) {
+                self.report_unfixable("empty");
+            }
+        }
+        let mut from = 0;
+        for range in fragments {
+            let to = from + range.len();
+            self.block[range].copy_from_slice(&hpack[from..to]);
+            from = to;
+        }
+        Ok(())
+    }
+
+    /// Follows one header block through the HPACK decoder's state (RFC 7541) and returns
+    /// where the plain-coded `:authority` values the server would refuse are.
+    fn walk(&mut self, block: &[u8]) -> Result<Vec<Range<usize>>, &'static str> {
+        let mut invalid = Vec::new();
+        let mut text = Vec::new();
+        let mut at = 0;
+        while let Some(&first) = block.get(at) {
+            if first & 0x80 != 0 {
+                let index = read_int(block, &mut at, 7)?;
+                self.table.name(index).ok_or(BAD_INDEX)?;
+            } else if first & 0xe0 == 0x20 {
+                let max = read_int(block, &mut at, 5)?;
+                // h2 refuses sizes above its SETTINGS_HEADER_TABLE_SIZE (4096 unless set),
+                // so only a broken peer asks for this much; following it would cost memory.
+                if max > MAX_HEADER_BLOCK {
+                    return Err("HPACK table size beyond any server limit");
+                }
+                self.table.set_max_size(max);
+            } else {
+                // 01xxxxxx adds the field to the table; 0000xxxx and 0001xxxx do not.
+                let (prefix, add) = if first & 0x40 != 0 {
+                    (6, true)
+                } else {
+                    (4, false)
+                };
+                let index = read_int(block, &mut at, prefix)?;
+                let (name_len, authority) = if index == 0 {
+                    let name = read_string(block, &mut at)?;
+                    let name = name.text(block, &mut text)?;
+                    (name.len(), name == b":authority")
+                } else {
+                    self.table.name(index).ok_or(BAD_INDEX)?
+                };
+                let value = read_string(block, &mut at)?;
+                let value_text = value.text(block, &mut text)?;
+                let value_len = value_text.len();
+                if authority && Authority::try_from(value_text).is_err() {
+                    if value.huffman {
+                        self.report_unfixable("Huffman-coded");
+                    } else {
+                        invalid.push(value.range);
+                    }
+                }
+                if add {
+                    self.table.insert(name_len, value_len, authority);
+                }
+            }
+        }
+        Ok(invalid)
+    }
+}
+
+const TRUNCATED: &str = "truncated HPACK";
+const BAD_INDEX: &str = "HPACK index outside the tables";
+
+/// Where the HPACK bytes sit in the raw frames of a header block.
+fn fragments(block: &[u8]) -> Result<Vec<Range<usize>>, &'static str> {
+    const MALFORMED: &str = "malformed HEADERS frame";
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < block.len() {
+        let head = block.get(at..at + FRAME_HEAD).ok_or(MALFORMED)?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let flags = head[4];
+        let mut start = at + FRAME_HEAD;
+        let mut end = start + len;
+        if end > block.len() {
+            return Err(MALFORMED);
+        }
+        // PADDED and PRIORITY mean something only on the HEADERS frame that opens the block.
+        if at == 0 {
+            if flags & PADDED != 0 {
+                let pad = usize::from(*block.get(start).ok_or(MALFORMED)?);
+                start += 1;
+                end = end.checked_sub(pad).ok_or(MALFORMED)?;
+            }
+            if flags & PRIORITY != 0 {
+                start += 5;
+            }
+            if start > end {
+                return Err(MALFORMED);
+            }
+        }
+        ranges.push(start..end);
+        at += FRAME_HEAD + len;
+    }
+    Ok(ranges)
+}
+
+/// Reads an HPACK integer whose first byte keeps `prefix` bits for it.
+fn read_int(block: &[u8], at: &mut usize, prefix: u32) -> Result<usize, &'static str> {
+    let mask = (1u8 << prefix) - 1;
+    let first = block.get(*at).ok_or(TRUNCATED)? & mask;
+    *at += 1;
+    if first < mask {
+        return Ok(usize::from(first));
+    }
+    let mut value = u64::from(mask);
+    let mut shift = 0;
+    loop {
+        let byte = *block.get(*at).ok_or(TRUNCATED)?;
+        *at += 1;
+        // Five continuation bytes already exceed any size or index a peer may use.
+        if shift > 28 {
+            return Err("HPACK integer too large");
+        }
+        value += u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return usize::try_from(value).map_err(|_| "HPACK integer too large");
+        }
+        shift += 7;
+    }
+}
+
+struct HpackString {
+    huffman: bool,
+    range: Range<usize>,
+}
+
+fn read_string(block: &[u8], at: &mut usize) -> Result<HpackString, &'static str> {
+    let huffman = block.get(*at).ok_or(TRUNCATED)? & 0x80 != 0;
+    let len = read_int(block, at, 7)?;
+    let end = at
+        .checked_add(len)
+        .filter(|&end| end <= block.len())
+        .ok_or(TRUNCATED)?;
+    let range = *at..end;
+    *at = end;
+    Ok(HpackString { huffman, range })
+}
+
+impl HpackString {
+    /// The string as the server's decoder will see it.
+    fn text<'a>(
+        &self,
+        block: &'a [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], &'static str> {
+        let raw = &block[self.range.clone()];
+        if !self.huffman {
+            return Ok(raw);
+        }
+        scratch.clear();
+        httlib_huffman::decode(raw, scratch, DecoderSpeed::FourBits)
+            .map_err(|_| "invalid Huffman string")?;
+        Ok(scratch)
+    }
+}
+
+/// Overwrites a refused authority with a same-length one the `http` crate accepts and
+/// returns whether that worked; only an empty value cannot be repaired.
+fn repair_authority(value: &mut [u8]) -> bool {
+    if Authority::try_from(&*value).is_ok() {
+        return true;
+    }
+    let mut repaired = value.to_vec();
+    // First keep the characters that give an authority its shape, so a value that only has
+    // stray bytes (like grpcio's `%`s and `/`s) stays as readable as possible ...
+    for byte in &mut repaired {
+        if !is_plain(*byte) && !matches!(*byte, b':' | b'@' | b'[' | b']') {
+            *byte = REPLACEMENT;
+        }
+    }
+    if Authority::try_from(&repaired[..]).is_err() {
+        // ... and if that shape itself is what is wrong, flatten it too.
+        for byte in &mut repaired {
+            if !is_plain(*byte) {
+                *byte = REPLACEMENT;
+            }
+        }
+    }
+    let ok = Authority::try_from(&repaired[..]).is_ok();
+    if ok {
+        value.copy_from_slice(&repaired);
+    }
+    ok
+}
+
+/// Characters an authority accepts anywhere, in any number.
+fn is_plain(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&byte)
+}
+
+/// The decoder's dynamic table as far as the edge needs it: which entries are named
+/// `:authority`, and the sizes that decide evictions.
+struct DynamicTable {
+    /// Newest first, as HPACK indexes them.
+    entries: VecDeque<Entry>,
+    size: usize,
+    max_size: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    name_len: usize,
+    authority: bool,
+    size: usize,
+}
+
+impl DynamicTable {
+    /// SETTINGS_HEADER_TABLE_SIZE as long as nobody changes it; tonic does not.
+    const INITIAL_MAX_SIZE: usize = 4096;
+    const ENTRY_OVERHEAD: usize = 32;
+
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            size: 0,
+            max_size: Self::INITIAL_MAX_SIZE,
+        }
+    }
+
+    /// Length of the name at `index` and whether it is `:authority`.
+    fn name(&self, index: usize) -> Option<(usize, bool)> {
+        match index {
+            0 => None,
+            1..=61 => Some((STATIC_NAMES[index - 1].len(), index == 1)),
+            _ => {
+                let entry = self.entries.get(index - 62)?;
+                Some((entry.name_len, entry.authority))
+            }
+        }
+    }
+
+    fn insert(&mut self, name_len: usize, value_len: usize, authority: bool) {
+        let size = name_len + value_len + Self::ENTRY_OVERHEAD;
+        self.evict_to(self.max_size.saturating_sub(size));
+        // An entry larger than the whole table empties it and is not added (RFC 7541 4.4).
+        if size <= self.max_size {
+            self.entries.push_front(Entry {
+                name_len,
+                authority,
+                size,
+            });
+            self.size += size;
+        }
+    }
+
+    fn set_max_size(&mut self, max_size: usize) {
+        self.max_size = max_size;
+        self.evict_to(max_size);
+    }
+
+    fn evict_to(&mut self, limit: usize) {
+        while self.size > limit {
+            match self.entries.pop_back() {
+                Some(entry) => self.size -= entry.size,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Names of the HPACK static table (RFC 7541 appendix A), index 1 first.
+#[rustfmt::skip]
+const STATIC_NAMES: [&str; 61] = [
+    ":authority", ":method", ":method", ":path", ":path", ":scheme", ":scheme",
+    ":status", ":status", ":status", ":status", ":status", ":status", ":status",
+    "accept-charset", "accept-encoding", "accept-language", "accept-ranges", "accept",
+    "access-control-allow-origin", "age", "allow", "authorization", "cache-control",
+    "content-disposition", "content-encoding", "content-language", "content-length",
+    "content-location", "content-range", "content-type", "cookie", "date", "etag", "expect",
+    "expires", "from", "host", "if-match", "if-modified-since", "if-none-match", "if-range",
+    "if-unmodified-since", "last-modified", "link", "location", "max-forwards",
+    "proxy-authenticate", "proxy-authorization", "range", "referer", "refresh", "retry-after",
+    "server", "set-cookie", "strict-transport-security", "transfer-encoding", "user-agent",
+    "vary", "via", "www-authenticate",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const FIXTURE: &[u8] = include_bytes!("../tests/fixtures/grpcio-unix-first-flight.bin");
+
+    fn run(input: &[u8]) -> (Vec<u8>, AuthorityRewriter) {
+        let mut rewriter = AuthorityRewriter::new();
+        let mut out = BytesMut::new();
+        rewriter.feed(input, &mut out);
+        rewriter.finish(&mut out);
+        (out.to_vec(), rewriter)
+    }
+
+    fn run_in_chunks(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut rewriter = AuthorityRewriter::new();
+        let mut out = BytesMut::new();
+        for piece in input.chunks(chunk) {
+            rewriter.feed(piece, &mut out);
+        }
+        rewriter.finish(&mut out);
+        out.to_vec()
+    }
+
+    fn accepted(value: &[u8]) -> bool {
+        Authority::try_from(value).is_ok()
+    }
+
+    // ---- builders for hand-made HTTP/2 ----
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.push(kind);
+        f.push(flags);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn connection(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&frame(0x4, 0, 0, &[]));
+        for f in frames {
+            bytes.extend_from_slice(f);
+        }
+        bytes
+    }
+
+    /// HPACK integer with `prefix` bits in a first byte that starts with `pattern`.
+    fn int(pattern: u8, prefix: u32, value: usize) -> Vec<u8> {
+        let max = (1usize << prefix) - 1;
+        if value < max {
+            return vec![pattern | value as u8];
+        }
+        let mut bytes = vec![pattern | max as u8];
+        let mut rest = value - max;
+        while rest >= 0x80 {
+            bytes.push((rest & 0x7f) as u8 | 0x80);
+            rest >>= 7;
+        }
+        bytes.push(rest as u8);
+        bytes
+    }
+
+    fn plain(s: &[u8]) -> Vec<u8> {
+        let mut bytes = int(0, 7, s.len());
+        bytes.extend_from_slice(s);
+        bytes
+    }
+
+    fn huffman(s: &[u8]) -> Vec<u8> {
+        let mut coded = Vec::new();
+        httlib_huffman::encode(s, &mut coded).expect("encodable");
+        let mut bytes = int(0x80, 7, coded.len());
+        bytes.extend_from_slice(&coded);
+        bytes
+    }
+
+    /// Literal field: `pattern` 0x40 (indexed), 0x00 (not indexed) or 0x10 (never indexed);
+    /// `name` is a table index or, when 0, followed by `literal_name`.
+    fn literal(pattern: u8, name: usize, literal_name: &[u8], value: &[u8]) -> Vec<u8> {
+        let prefix = if pattern == 0x40 { 6 } else { 4 };
+        let mut bytes = int(pattern, prefix, name);
+        if name == 0 {
+            bytes.extend_from_slice(literal_name);
+        }
+        bytes.extend_from_slice(value);
+        bytes
+    }
+
+    /// A minimal valid request head around the given fields.
+    fn request(fields: &[Vec<u8>]) -> Vec<u8> {
+        let mut block = vec![0x83, 0x86, 0x84]; // POST, http, /
+        for f in fields {
+            block.extend_from_slice(f);
+        }
+        block
+    }
+
+    fn headers(stream: u32, block: &[u8]) -> Vec<u8> {
+        frame(HEADERS, END_HEADERS, stream, block)
+    }
+
+    /// Positions where `a` and `b` differ.
+    fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
+        assert_eq!(a.len(), b.len());
+        (0..a.len()).filter(|&i| a[i] != b[i]).collect()
+    }
+
+    /// `assert_eq!` for byte strings too long to print.
+    fn assert_same(got: &[u8], want: &[u8], what: &str) {
+        let first = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]);
+        assert!(
+            got.len() == want.len() && first.is_none(),
+            "{what}: lengths {} and {}, first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle)
+    }
+
+    // ---- the authority parser and the repair ----
+
+    #[test]
+    fn authority_parser_as_found() {
+        let single: Vec<u8> = (0..=255u8).filter(|&b| accepted(&[b])).collect();
+        let mut expected: Vec<u8> = (0..=255u8).filter(|&b| is_plain(b)).collect();
+        expected.push(b':');
+        expected.sort_unstable();
+        assert_eq!(
+            String::from_utf8_lossy(&single),
+            String::from_utf8_lossy(&expected)
+        );
+        for ok in [
+            &b"localhost"[..],
+            b"a:1",
+            b"[::1]:80",
+            b"u@h",
+            b"x%41@h",
+            b"a.b-c_d~e",
+        ] {
+            assert!(accepted(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for refused in [
+            &b""[..],
+            b"tmp%2Fsock",
+            b"a/b",
+            b"a?b",
+            b"a#b",
+            b"a:1:2",
+            b"h@",
+            b"[::1",
+            b"a]",
+            b"a b",
+            b"\xc3\xa9",
+        ] {
+            assert!(!accepted(refused), "{}", String::from_utf8_lossy(refused));
+        }
+    }
+
+    #[test]
+    fn repair_keeps_length_and_is_accepted() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"tmp%2Fjmp%2Fexporter.sock", b"tmp-2Fjmp-2Fexporter.sock"),
+            (b"%%%", b"---"),
+            (b"/", b"-"),
+            (b"@", b"-"),
+            (b"host:80/path", b"host:80-path"),
+            (b"a:b:c", b"a-b-c"),
+            (b"[::1", b"---1"),
+            (b"\x00\xff \"", b"----"),
+            (b"localhost:1234", b"localhost:1234"),
+        ];
+        for (before, after) in cases {
+            let mut value = before.to_vec();
+            assert!(repair_authority(&mut value));
+            assert_eq!(
+                String::from_utf8_lossy(&value),
+                String::from_utf8_lossy(after)
+            );
+            assert!(accepted(&value));
+        }
+        let mut all: Vec<u8> = (0..=255u8).collect();
+        assert!(repair_authority(&mut all));
+        assert!(accepted(&all));
+        let mut empty: Vec<u8> = Vec::new();
+        assert!(!repair_authority(&mut empty));
+    }
+
+    // ---- the captured grpcio bytes ----
+
+    /// Where the fixture's `:authority` value is: grpcio sends a literal with incremental
+    /// indexing (0x40), a plain literal name, and a plain (not Huffman) value.
+    fn fixture_authority() -> Range<usize> {
+        let at = find(FIXTURE, b"\x40\x0a:authority").expect(":authority literal in fixture");
+        let len_byte = FIXTURE[at + 12];
+        assert_eq!(len_byte & 0x80, 0, "value is Huffman coded");
+        let start = at + 13;
+        let range = start..start + usize::from(len_byte);
+        assert!(FIXTURE[range.clone()].starts_with(b"tmp%2F"));
+        assert!(!accepted(&FIXTURE[range.clone()]));
+        range
+    }
+
+    #[test]
+    fn fixture_only_authority_changes() {
+        let value = fixture_authority();
+        let (out, rewriter) = run(FIXTURE);
+        assert!(!rewriter.is_passthrough());
+        let diff = changed(FIXTURE, &out);
+        assert!(!diff.is_empty());
+        assert!(
+            diff.iter().all(|i| value.contains(i)),
+            "{diff:?} outside {value:?}"
+        );
+        assert!(accepted(&out[value]));
+        for chunk in [1, 2, 7, 9, 100] {
+            assert_same(
+                &run_in_chunks(FIXTURE, chunk),
+                &out,
+                &format!("chunks of {chunk}"),
+            );
+        }
+    }
+
+    // ---- end to end through tonic ----
+
+    struct Served<T>(T);
+
+    impl<T> tonic::transport::server::Connected for Served<T> {
+        type ConnectInfo = ();
+        fn connect_info(&self) {}
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for Served<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Served<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Frame {
+        kind: u8,
+        stream: u32,
+        payload: Vec<u8>,
+    }
+
+    /// Serves the fixture to a tonic server with no services (which answers every call
+    /// UNIMPLEMENTED with one HEADERS frame) and collects the server's frames until `done`
+    /// says enough or two seconds pass.
+    async fn serve_fixture<T>(
+        server_end: T,
+        mut client: DuplexStream,
+        done: fn(&[Frame]) -> bool,
+    ) -> Vec<Frame>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        use futures::StreamExt;
+        let incoming = futures::stream::iter([Ok::<_, io::Error>(Served(server_end))])
+            .chain(futures::stream::pending());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(incoming),
+        );
+        client.write_all(FIXTURE).await.expect("write fixture");
+        let mut received = Vec::new();
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut buf = [0u8; 4096];
+        while !done(&frames) {
+            let read = tokio::time::timeout_at(deadline, client.read(&mut buf)).await;
+            let Ok(Ok(n @ 1..)) = read else { break };
+            received.extend_from_slice(&buf[..n]);
+            while received.len() >= FRAME_HEAD {
+                let len = usize::from(received[0]) << 16
+                    | usize::from(received[1]) << 8
+                    | usize::from(received[2]);
+                if received.len() < FRAME_HEAD + len {
+                    break;
+                }
+                let rest = received.split_off(FRAME_HEAD + len);
+                frames.push(Frame {
+                    kind: received[3],
+                    stream: u32::from_be_bytes([
+                        received[5],
+                        received[6],
+                        received[7],
+                        received[8],
+                    ]) & 0x7fff_ffff,
+                    payload: received[FRAME_HEAD..].to_vec(),
+                });
+                received = rest;
+            }
+        }
+        server.abort();
+        frames
+    }
+
+    const RST_STREAM: u8 = 0x3;
+    const PROTOCOL_ERROR: [u8; 4] = [0, 0, 0, 1];
+
+    fn reset(frames: &[Frame], stream: u32) -> bool {
+        frames
+            .iter()
+            .any(|f| f.kind == RST_STREAM && f.stream == stream && f.payload == PROTOCOL_ERROR)
+    }
+
+    fn answered(frames: &[Frame], stream: u32) -> bool {
+        frames
+            .iter()
+            .any(|f| f.kind == HEADERS && f.stream == stream)
+    }
+
+    #[tokio::test]
+    async fn fixture_without_edge_is_reset() {
+        let (client, server_end) = tokio::io::duplex(1 << 16);
+        let frames = serve_fixture(server_end, client, |f| reset(f, 1) && reset(f, 3)).await;
+        assert!(reset(&frames, 1) && reset(&frames, 3), "{frames:?}");
+        assert!(!answered(&frames, 1) && !answered(&frames, 3), "{frames:?}");
+    }
+
+    #[tokio::test]
+    async fn fixture_through_edge_is_answered() {
+        let (client, server_end) = tokio::io::duplex(1 << 16);
+        let edge = Http2Edge::new(server_end);
+        let frames = serve_fixture(edge, client, |f| answered(f, 1) && answered(f, 3)).await;
+        assert!(answered(&frames, 1) && answered(&frames, 3), "{frames:?}");
+        assert!(!reset(&frames, 1) && !reset(&frames, 3), "{frames:?}");
+    }
+
+    // ---- the async wrapper ----
+
+    /// Hands out one byte per read.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(&b) = self.0.get(self.1) {
+                buf.put_slice(&[b]);
+                self.1 += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn trickling_reader_and_tiny_buffer() {
+        let (expected, _) = run(FIXTURE);
+        let mut edge = Http2Edge::new(Trickle(FIXTURE.to_vec(), 0));
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while edge.read(&mut byte).await.expect("read") == 1 {
+            got.push(byte[0]);
+        }
+        assert_eq!(got, expected);
+
+        let mut edge = Http2Edge::new(FIXTURE);
+        let mut got = Vec::new();
+        let mut three = [0u8; 3];
+        loop {
+            let n = edge.read(&mut three).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&three[..n]);
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn writes_pass_untouched() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut edge = Http2Edge::new(near);
+        edge.write_all(FIXTURE).await.expect("write");
+        edge.flush().await.expect("flush");
+        let mut got = vec![0u8; FIXTURE.len()];
+        far.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, FIXTURE);
+    }
+
+    // ---- hand-built header blocks ----
+
+    const BAD: &[u8] = b"tmp%2Fx%2Fsock";
+    const FIXED: &[u8] = b"tmp-2Fx-2Fsock";
+
+    #[test]
+    fn huffman_authority_is_left_alone() {
+        let block = request(&[literal(0x40, 1, &[], &huffman(BAD))]);
+        let input = connection(&[headers(1, &block)]);
+        let (out, rewriter) = run(&input);
+        assert_same(&out, &input, "huffman");
+        assert!(rewriter.reported_unfixable);
+        assert!(!rewriter.is_passthrough());
+    }
+
+    #[test]
+    fn literal_names_and_static_name_are_rewritten() {
+        for field in [
+            literal(0x00, 0, &plain(b":authority"), &plain(BAD)),
+            literal(0x10, 0, &huffman(b":authority"), &plain(BAD)),
+            literal(0x40, 0, &plain(b":authority"), &plain(BAD)),
+            literal(0x10, 1, &[], &plain(BAD)),
+            literal(0x00, 1, &[], &plain(BAD)),
+        ] {
+            let input = connection(&[headers(1, &request(&[field]))]);
+            let (out, _) = run(&input);
+            let at = find(&input, BAD).expect("value");
+            assert_eq!(&out[at..at + BAD.len()], FIXED);
+            assert!(changed(&input, &out)
+                .iter()
+                .all(|&i| i >= at && i < at + BAD.len()));
+        }
+    }
+
+    #[test]
+    fn valid_authority_is_byte_identical() {
+        let block = request(&[literal(0x40, 1, &[], &plain(b"localhost:50051"))]);
+        let input = connection(&[headers(1, &block), headers(3, &request(&[vec![0xbe]]))]);
+        assert_same(&run(&input).0, &input, "valid");
+    }
+
+    #[test]
+    fn name_from_dynamic_table_is_rewritten() {
+        // The first request adds `:authority` (Huffman-coded name, valid value) at 62, then
+        // `x-other` pushes it to 63; the second request reuses both names with new values.
+        let first = request(&[
+            literal(0x40, 0, &huffman(b":authority"), &plain(b"ok")),
+            literal(0x40, 0, &plain(b"x-other"), &plain(b"v")),
+        ]);
+        let second = request(&[
+            literal(0x00, 63, &[], &plain(BAD)),
+            literal(0x00, 62, &[], &plain(b"tmp%2Fkeep")),
+        ]);
+        let input = connection(&[headers(1, &first), headers(3, &second)]);
+        let (out, _) = run(&input);
+        let at = find(&input, BAD).expect("value");
+        assert_eq!(&out[at..at + BAD.len()], FIXED);
+        assert!(find(&out, b"tmp%2Fkeep").is_some());
+        assert_eq!(changed(&input, &out).len(), 2);
+    }
+
+    #[test]
+    fn padded_and_priority_headers() {
+        let block = request(&[literal(0x00, 1, &[], &plain(BAD))]);
+        for flags in [PADDED, PRIORITY, PADDED | PRIORITY] {
+            let mut payload = Vec::new();
+            if flags & PADDED != 0 {
+                payload.push(4);
+            }
+            if flags & PRIORITY != 0 {
+                // Priority bytes that would read as HPACK if they were not skipped.
+                payload.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x25]);
+            }
+            payload.extend_from_slice(&block);
+            if flags & PADDED != 0 {
+                payload.extend_from_slice(&[0x25; 4]);
+            }
+            let input = connection(&[frame(HEADERS, flags | END_HEADERS, 1, &payload)]);
+            let (out, rewriter) = run(&input);
+            assert!(!rewriter.is_passthrough(), "flags {flags:#x}");
+            let at = find(&input, BAD).expect("value");
+            assert_eq!(&out[at..at + BAD.len()], FIXED, "flags {flags:#x}");
+            assert_eq!(changed(&input, &out).len(), 2, "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn value_straddling_continuation() {
+        let block = request(&[literal(0x40, 1, &[], &plain(BAD))]);
+        let split = find(&block, b"%2F").expect("value") + 1; // inside the value
+        let data = frame(0x0, 0x1, 1, b"\0\0\0\0\0");
+        let input = connection(&[
+            frame(0x8, 0, 0, &[0, 0, 1, 0]),
+            frame(
+                HEADERS,
+                PADDED,
+                1,
+                &[[1].as_slice(), &block[..split], &[0]].concat(),
+            ),
+            frame(CONTINUATION, 0, 1, &block[split..split + 2]),
+            frame(CONTINUATION, END_HEADERS, 1, &block[split + 2..]),
+            data.clone(),
+            headers(3, &request(&[vec![0xbe]])),
+        ]);
+        let (out, rewriter) = run(&input);
+        assert!(!rewriter.is_passthrough());
+        // The first `%` is the last HPACK byte of the padded HEADERS frame, the second sits
+        // in the second CONTINUATION; nothing else changes.
+        let headers_at = PREFACE.len() + 2 * FRAME_HEAD + 4;
+        let first = headers_at + FRAME_HEAD + 1 + split - 1;
+        let last_continuation = first + 2 + FRAME_HEAD + 2;
+        let second = last_continuation + FRAME_HEAD + find(&block[split + 2..], b"%").expect("%");
+        assert_eq!(changed(&input, &out), vec![first, second]);
+        assert_eq!((input[first], out[first]), (b'%', b'-'));
+        assert_eq!((input[second], out[second]), (b'%', b'-'));
+        assert!(out.ends_with(&[data, headers(3, &request(&[vec![0xbe]]))].concat()));
+        for chunk in [1, 3, 10] {
+            assert_same(
+                &run_in_chunks(&input, chunk),
+                &out,
+                &format!("chunks of {chunk}"),
+            );
+        }
+    }
+
+    #[test]
+    fn size_update_and_eviction_are_followed() {
+        // Table of 140 bytes: `:authority: ok` (44) and `x-a: v` (36) fit; `x-h` with a
+        // Huffman value of 35 characters (70, though only 22 bytes on the wire) evicts the
+        // authority, the oldest entry.
+        let first = request(&[
+            int(0x20, 5, 140),
+            literal(0x40, 1, &[], &plain(b"ok")),
+            literal(0x40, 0, &plain(b"x-a"), &plain(b"v")),
+            literal(0x40, 0, &plain(b"x-h"), &huffman(&[b'a'; 35])),
+        ]);
+        let (_, rewriter) = run(&connection(&[headers(1, &first)]));
+        assert_eq!(rewriter.table.entries.len(), 2);
+        assert_eq!(rewriter.table.size, 36 + 70);
+        assert_eq!(rewriter.table.name(63), Some((3, false)));
+        assert_eq!(rewriter.table.name(64), None);
+
+        // Index 63 names `x-a`, so its odd value is none of our business ...
+        let second = request(&[literal(0x00, 63, &[], &plain(BAD))]);
+        // ... and after a size update to 0 empties the table and one back to 4096, a new
+        // `:authority` entry lands at 62.
+        let third = request(&[
+            vec![0x20],
+            int(0x20, 5, 4096),
+            literal(0x40, 1, &[], &plain(b"ok")),
+            literal(0x00, 62, &[], &plain(BAD)),
+        ]);
+        let input = connection(&[headers(1, &first), headers(3, &second), headers(5, &third)]);
+        let (out, rewriter) = run(&input);
+        assert!(!rewriter.is_passthrough());
+        let third_at = input.len() - BAD.len();
+        assert_eq!(changed(&input, &out), vec![third_at + 3, third_at + 7]);
+        assert_eq!(rewriter.table.entries.len(), 1);
+        assert_eq!(rewriter.table.size, 10 + 2 + 32);
+
+        // Index 64 would still be the authority had the wire length been counted; the
+        // server's decoder will refuse it, and the edge leaves the connection alone.
+        let input = connection(&[
+            headers(1, &first),
+            headers(3, &request(&[literal(0x00, 64, &[], &plain(BAD))])),
+        ]);
+        let (out, rewriter) = run(&input);
+        assert_same(&out, &input, "index 64");
+        assert!(rewriter.is_passthrough());
+    }
+
+    #[test]
+    fn entry_larger_than_table_empties_it() {
+        let mut table = DynamicTable::new();
+        table.set_max_size(100);
+        table.insert(10, 10, true);
+        assert_eq!(table.name(62), Some((10, true)));
+        table.insert(10, 60, false);
+        assert_eq!(table.entries.len(), 0);
+        assert_eq!(table.size, 0);
+        assert_eq!(table.name(62), None);
+        assert_eq!(table.name(1), Some((10, true)));
+        assert_eq!(table.name(61), Some(("www-authenticate".len(), false)));
+    }
+
+    #[test]
+    fn oversize_block_passes_through() {
+        let filler = literal(0x00, 0, &plain(b"x-big"), &plain(&vec![b'a'; 300_000]));
+        let block = request(&[filler.clone(), literal(0x00, 1, &[], &plain(BAD))]);
+        let input = connection(&[
+            frame(HEADERS, 0, 1, &block[..150_000]),
+            frame(CONTINUATION, END_HEADERS, 1, &block[150_000..]),
+            headers(3, &request(&[literal(0x00, 1, &[], &plain(BAD))])),
+        ]);
+        let (out, rewriter) = run(&input);
+        assert_same(&out, &input, "oversize");
+        assert!(rewriter.is_passthrough());
+        assert_same(&run_in_chunks(&input, 4096), &input, "oversize in chunks");
+    }
+
+    #[test]
+    fn data_is_not_held_back() {
+        let mut rewriter = AuthorityRewriter::new();
+        let mut out = BytesMut::new();
+        let input = connection(&[]);
+        rewriter.feed(&input, &mut out);
+        // A 1 MiB DATA frame: its head and every payload byte leave as they arrive.
+        let head = &frame(0x0, 0, 1, &[])[..FRAME_HEAD];
+        let mut head = head.to_vec();
+        head[..3].copy_from_slice(&[0x10, 0x00, 0x00]);
+        rewriter.feed(&head, &mut out);
+        rewriter.feed(b"abc", &mut out);
+        assert_eq!(out.len(), input.len() + FRAME_HEAD + 3);
+        // Nine bytes of a frame head is all that is ever held outside header blocks.
+        rewriter.feed(&[0; 0x10_0000 - 3], &mut out);
+        rewriter.feed(&[0, 0, 0], &mut out);
+        assert_eq!(out.len(), input.len() + FRAME_HEAD + 0x10_0000);
+        assert_eq!(rewriter.head_len, 3);
+    }
+
+    #[test]
+    fn non_http2_passes_through() {
+        for input in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"PRI * HTTP/1.1\r\n",
+            b"PRI",
+            b"",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ] {
+            assert_same(&run(input).0, input, "whole");
+            assert_same(&run_in_chunks(input, 1), input, "byte by byte");
+        }
+    }
+
+    #[test]
+    fn interrupted_block_and_bad_hpack_pass_through() {
+        let bad_field = literal(0x00, 1, &[], &plain(BAD));
+        let cases = [
+            // HEADERS without END_HEADERS followed by DATA.
+            connection(&[
+                frame(HEADERS, 0, 1, &request(std::slice::from_ref(&bad_field))),
+                frame(0, 0, 1, b"x"),
+            ]),
+            // Index 70 into an empty dynamic table.
+            connection(&[headers(1, &request(&[vec![0x80 | 70], bad_field.clone()]))]),
+            // Pad length beyond the frame.
+            connection(&[frame(HEADERS, PADDED | END_HEADERS, 1, &[200, 0x83])]),
+            // A string running past the end of the block.
+            connection(&[headers(1, &[0x00, 0x01, 0x7f, b'a'])]),
+            // An integer that never ends.
+            connection(&[headers(1, &[[0x7f].as_slice(), &[0xff; 20]].concat())]),
+            // A dynamic table far larger than any server allows.
+            connection(&[headers(
+                1,
+                &request(&[int(0x20, 5, 1 << 30), bad_field.clone()]),
+            )]),
+            // Invalid Huffman (EOS inside).
+            connection(&[headers(1, &[0x41, 0x84, 0xff, 0xff, 0xff, 0xff])]),
+        ];
+        for (case, input) in cases.iter().enumerate() {
+            let (out, rewriter) = run(input);
+            assert_same(&out, input, &format!("case {case}"));
+            assert!(rewriter.is_passthrough(), "case {case}");
+        }
+        // A connection that ends inside a header block hands the held bytes on.
+        let input = connection(&[frame(HEADERS, 0, 1, &request(&[bad_field]))]);
+        assert_same(&run(&input).0, &input, "ended in block");
+        let cut = &input[..input.len() - 4];
+        assert_same(&run(cut).0, cut, "cut short");
+    }
+
+    /// xorshift64*: deterministic, good enough to shake the parser.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        /// Up to `max` random bytes.
+        fn noise(&mut self, max: usize) -> Vec<u8> {
+            let n = self.below(max + 1);
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics_and_keeps_length() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3000 {
+            let input = match round % 3 {
+                // Raw noise.
+                0 => rng.noise(300),
+                // Noise as header blocks, some spread over CONTINUATION frames.
+                1 => {
+                    let mut frames = Vec::new();
+                    for i in 0..1 + rng.below(4) {
+                        let block = rng.noise(80);
+                        let cut = rng.below(block.len() + 1);
+                        let stream = 2 * i as u32 + 1;
+                        let flags = (rng.next() as u8) & (PADDED | PRIORITY);
+                        frames.push(frame(HEADERS, flags, stream, &block[..cut]));
+                        frames.push(frame(CONTINUATION, END_HEADERS, stream, &block[cut..]));
+                    }
+                    connection(&frames)
+                }
+                // Mutations of the real capture.
+                _ => {
+                    let mut bytes = FIXTURE.to_vec();
+                    for _ in 0..1 + rng.below(4) {
+                        let at = PREFACE.len() + rng.below(bytes.len() - PREFACE.len());
+                        bytes[at] = rng.next() as u8;
+                    }
+                    bytes.truncate(bytes.len() - rng.below(40));
+                    bytes
+                }
+            };
+            let chunk = 1 + rng.below(64);
+            let out = run_in_chunks(&input, chunk);
+            assert_eq!(out.len(), input.len(), "round {round}");
+            assert_same(&run(&input).0, &out, &format!("round {round}"));
+        }
     }
 }

@@ -66,10 +66,10 @@ fn session_rpcs_behave_as_upstream() {
     let exporter = Exporter::unix(&config("demo.yaml"));
     let result = drive(&exporter.host(), "session_rpcs", &[]);
     assert_eq!(
-        result["version_before"], "1",
+        result["version_before"], 1,
         "standalone starts at v1 LEASE_READY: {result}"
     );
-    assert_eq!(result["version_after"], "2");
+    assert_eq!(result["version_after"], 2);
     assert_eq!(
         result["end"],
         json!([
