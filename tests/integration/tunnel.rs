@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::support::exporter;
-use crate::support::router;
+use jmp_testkit::router;
 
 /// A gRPC channel whose one connection is `io`.
 async fn channel_over(io: tokio::io::DuplexStream) -> Channel {

@@ -1,0 +1,4 @@
+//! Test support shared by jmp-exporter's integration tests and benchmarks: fakes of the
+//! Jumpstarter controller (exporter and client APIs) and router that behave like the real
+//! ones where it matters.
+pub mod router;
