@@ -8,9 +8,13 @@
 //! Beside it: [`config`] reads the upstream YAML, [`session`] holds status and logs,
 //! [`standalone`] serves without a controller.
 
+pub mod backoff;
 pub mod config;
+pub mod controller;
 pub mod edge;
+pub mod exporter;
 pub mod frame;
+pub mod lease;
 pub mod logs;
 pub mod proto;
 pub mod server;

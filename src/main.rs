@@ -157,11 +157,26 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    if tcp.is_none() && args.socket.is_none() {
-        eprintln!(
-            "jmp-exporter: this build serves clients without a controller only: give --socket PATH or --tls-grpc-listener [HOST:]PORT"
-        );
-        return Ok(ExitCode::from(EXIT_CONFIG));
+    let controller_mode = tcp.is_none() && args.socket.is_none();
+    if controller_mode {
+        let config = &loaded.config;
+        let missing: Vec<&str> = [
+            ("endpoint", config.endpoint.is_none()),
+            ("token", config.token.is_none()),
+            ("metadata.namespace", config.namespace.is_none()),
+            ("metadata.name", config.name.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(key, absent)| absent.then_some(key))
+        .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "jmp-exporter: {}: registering with a controller needs {} (or serve without one: --socket PATH or --tls-grpc-listener [HOST:]PORT)",
+                args.config.display(),
+                missing.join(", ")
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
     }
     if args.passphrase.is_some() && args.tls_grpc_insecure {
         tracing::warn!(
@@ -181,7 +196,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let stop = CancellationToken::new();
         tokio::spawn(stop_on_signal(stop.clone()));
-        standalone::run(loaded.config, listeners, stop).await
+        if controller_mode {
+            jmp_exporter::exporter::run(loaded.config, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        } else {
+            standalone::run(loaded.config, listeners, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::logs::LogQueue;
@@ -27,6 +28,8 @@ pub struct Session {
     /// The lease this session serves; `None` for a session without one.
     pub lease_name: Option<String>,
     status: Mutex<StatusView>,
+    /// Where EndSession goes when a controller link owns the lease's statuses.
+    on_end: Option<mpsc::UnboundedSender<String>>,
 }
 
 pub const READY_MESSAGE: &str = "Ready for commands";
@@ -34,7 +37,27 @@ pub const AVAILABLE_MESSAGE: &str = "Available for new lease";
 
 impl Session {
     pub fn new(exporter_uuid: Uuid, tree: DriverTree, lease_name: Option<String>) -> Arc<Self> {
+        Self::build(exporter_uuid, tree, lease_name, None)
+    }
+
+    /// A lease's session whose EndSession is handed to the controller link (as the lease name).
+    pub fn for_lease(
+        exporter_uuid: Uuid,
+        tree: DriverTree,
+        lease_name: String,
+        on_end: mpsc::UnboundedSender<String>,
+    ) -> Arc<Self> {
+        Self::build(exporter_uuid, tree, Some(lease_name), Some(on_end))
+    }
+
+    fn build(
+        exporter_uuid: Uuid,
+        tree: DriverTree,
+        lease_name: Option<String>,
+        on_end: Option<mpsc::UnboundedSender<String>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            on_end,
             exporter_uuid,
             tree,
             logs: LogQueue::register(),
@@ -81,10 +104,15 @@ impl Session {
     /// A client asked to end the session. Without hooks this only makes the exporter
     /// available again; the lease itself is released by the client.
     pub fn end(&self) -> (bool, &'static str) {
-        if self.lease_name.is_none() {
+        let Some(lease) = &self.lease_name else {
             return (false, "No active lease context");
+        };
+        match &self.on_end {
+            Some(link) => {
+                let _ = link.send(lease.clone());
+            }
+            None => self.set_status(ExporterStatus::Available, AVAILABLE_MESSAGE),
         }
-        self.set_status(ExporterStatus::Available, AVAILABLE_MESSAGE);
         (
             true,
             "Session end triggered, afterLease hook running asynchronously",
@@ -140,5 +168,27 @@ mod tests {
         assert!(s.end().0);
         assert_eq!(s.status().status, ExporterStatus::Available);
         assert_eq!(s.status().message, AVAILABLE_MESSAGE);
+    }
+
+    #[test]
+    fn end_session_of_a_lease_goes_to_the_controller_link() {
+        let config = crate::config::parse("metadata: {}\n", &|_| None)
+            .unwrap()
+            .config;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = Session::for_lease(
+            Uuid::new_v4(),
+            DriverTree::build(&config).unwrap(),
+            "l1".into(),
+            tx,
+        );
+        s.set_status(ExporterStatus::LeaseReady, READY_MESSAGE);
+        assert!(s.end().0);
+        assert_eq!(rx.try_recv().unwrap(), "l1");
+        assert_eq!(
+            s.status().status,
+            ExporterStatus::LeaseReady,
+            "the link reports, not the session"
+        );
     }
 }
