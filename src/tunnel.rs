@@ -86,20 +86,27 @@ where
             .await
             .map_err(|s| TunnelError::Refused(Box::new(s)))?
             .into_inner();
-        while let Ok(Some(frame)) = inbound.message().await {
-            match frame::classify(frame.frame_type, frame.payload) {
-                FrameAction::Payload(bytes) => {
-                    if !bytes.is_empty() && to_local.write_all(&bytes).await.is_err() {
-                        break;
+        // Whether the call is still up after the peer's last frame (it sent GOAWAY) or over.
+        let call_alive = loop {
+            match inbound.message().await {
+                Ok(Some(frame)) => match frame::classify(frame.frame_type, frame.payload) {
+                    FrameAction::Payload(bytes) => {
+                        if !bytes.is_empty() && to_local.write_all(&bytes).await.is_err() {
+                            break true;
+                        }
                     }
-                }
-                FrameAction::Eof => break,
-                FrameAction::Ignore => {}
+                    FrameAction::Eof => break true,
+                    FrameAction::Ignore => {}
+                },
+                Ok(None) | Err(_) => break false,
             }
-        }
+        };
         let _ = to_local.shutdown().await;
-        // Dropping the call would reset it and lose what the local side still has to say.
-        let _ = local_done.await;
+        if call_alive {
+            // The peer half-closed: the local side may still answer, and dropping the call now
+            // would reset it and lose that.
+            let _ = local_done.await;
+        }
         Ok(())
     };
     tokio::select! {

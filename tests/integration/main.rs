@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+// mod controller;
 mod descriptors;
 mod python_client;
 mod tunnel;

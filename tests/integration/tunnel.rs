@@ -54,11 +54,12 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
         async move { tunnel::run(router, "token-1", &conns, stop).await }
     });
     let (client_io, bridge_io) = tokio::io::duplex(64 * 1024);
+    let client_gone = CancellationToken::new();
     let client_end = tokio::spawn(tunnel::bridge(
         router.clone(),
         "token-1",
         bridge_io,
-        stop.clone(),
+        client_gone.clone(),
     ));
     let channel = channel_over(client_io).await;
 
@@ -134,10 +135,42 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "echoed bytes differ");
 
-    // Ending the session ends both tunnel ends. (Teardown started by the client hanging up
-    // belongs to the controller issue's fault tests.)
+    // A connection that the client opens and closes at once (as `jmp shell` probes its
+    // listener): both tunnel ends finish by themselves and the session stays up.
+    let probe_exporter_end = tokio::spawn({
+        let (router, conns, stop) = (router.clone(), running.conns.clone(), stop.clone());
+        async move { tunnel::run(router, "token-2", &conns, stop).await }
+    });
+    let (mut probe, probe_io) = tokio::io::duplex(1024);
+    let probe_client_end = tokio::spawn(tunnel::bridge(
+        router.clone(),
+        "token-2",
+        probe_io,
+        CancellationToken::new(),
+    ));
+    tokio::io::AsyncWriteExt::shutdown(&mut probe)
+        .await
+        .unwrap();
+    let mut from_server = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut probe, &mut from_server)
+        .await
+        .unwrap();
+    for (end, name) in [
+        (probe_client_end, "client"),
+        (probe_exporter_end, "exporter"),
+    ] {
+        tokio::time::timeout(Duration::from_secs(10), end)
+            .await
+            .unwrap_or_else(|_| panic!("the {name}'s end of a closed connection did not finish"))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(!stop.is_cancelled());
+
+    // Ending the session ends the tunnels still open.
     drop((exporter_client, echoed, channel));
     stop.cancel();
+    client_gone.cancel();
     for (end, name) in [(client_end, "client"), (exporter_end, "exporter")] {
         tokio::time::timeout(Duration::from_secs(10), end)
             .await

@@ -185,7 +185,27 @@ def tls_report(host):
     return {"names": [r.labels.get("jumpstarter.dev/name", "") for r in report.reports]}
 
 
-RAW = {"session_rpcs": session_rpcs, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
+def lease(_host):
+    """Leases the exporter through the controller with the Python lease API and drives it
+    through the router."""
+    import os
+
+    from jumpstarter.config.client import ClientConfigV1Alpha1
+
+    config = ClientConfigV1Alpha1.from_file(os.environ["CLIENT_CONFIG"])
+    with config.lease(exporter_name=os.environ["EXPORTER_NAME"]) as held:
+        with held.connect() as client:
+            return {
+                "lease": held.name,
+                "tree": tree(client),
+                "power": power(client),
+                "serial": serial(client),
+                "echo": echo(client),
+                "errors": errors(client),
+            }
+
+
+RAW = {"session_rpcs": session_rpcs, "lease": lease, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
 
 
 if __name__ == "__main__":

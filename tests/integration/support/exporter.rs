@@ -50,6 +50,20 @@ impl Exporter {
         Self::spawn(cmd, dir, None, true)
     }
 
+    /// Runs `config` in controller mode and waits until it has registered.
+    pub fn controller(config: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(binary());
+        cmd.arg("run").arg("--config").arg(config);
+        let exporter = Self::spawn(cmd, dir, None, false);
+        assert!(
+            exporter.wait_for_log("registered with the controller"),
+            "the exporter did not register:\n{}",
+            exporter.log()
+        );
+        exporter
+    }
+
     fn spawn(mut cmd: Command, dir: tempfile::TempDir, socket: Option<PathBuf>, tcp: bool) -> Self {
         cmd.env_remove("JMP_EXPORTER_LOG")
             .stdin(Stdio::null())

@@ -1,0 +1,256 @@
+//! Controller mode against the fake controller and router from `jmp-testkit`, driven by the
+//! unchanged upstream Python client: registration, leases through the router, statuses the
+//! controller sees, recovery from controller restarts, and leaving with OFFLINE + Unregister.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jmp_exporter::proto::ExporterStatus;
+use jmp_testkit::controller::{Event, FakeController, Options};
+
+use crate::support::exporter::Exporter;
+use crate::support::python;
+
+const EXPORT: &str = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {url: 'loop://'}\n  console:\n    ref: serial\n";
+
+struct Lab {
+    controller: FakeController,
+    exporter: Exporter,
+    client_config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn lab(options: Options) -> Lab {
+    let controller = FakeController::start(options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exporter_config = dir.path().join("exporter.yaml");
+    std::fs::write(&exporter_config, controller.exporter_config_yaml(EXPORT)).unwrap();
+    let client_config = dir.path().join("client.yaml");
+    std::fs::write(&client_config, controller.client_config_yaml()).unwrap();
+    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&exporter_config))
+        .await
+        .unwrap();
+    Lab {
+        controller,
+        exporter,
+        client_config,
+        _dir: dir,
+    }
+}
+
+fn reported(events: &[Event]) -> Vec<(ExporterStatus, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ReportStatus {
+                status, message, ..
+            } => Some((*status, message.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_for_report(controller: &FakeController, status: ExporterStatus, message: &str) {
+    let found = controller
+        .wait_for(
+            |e| matches!(e, Event::ReportStatus { status: s, message: Some(m), .. } if *s == status && m == message),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(
+        found.is_some(),
+        "no ReportStatus({status:?}, {message:?}); saw {:?}",
+        reported(&controller.events())
+    );
+}
+
+/// Runs the Python lease scenario; blocking, so on its own thread.
+async fn python_lease(client_config: &std::path::Path) -> serde_json::Value {
+    let path = client_config.to_str().unwrap().to_string();
+    tokio::task::spawn_blocking(move || {
+        python::drive(
+            "",
+            "lease",
+            &[
+                ("CLIENT_CONFIG", path.as_str()),
+                ("EXPORTER_NAME", "exporter1"),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_client_leases_the_exporter_through_controller_and_router() {
+    let lab = lab(Options::default()).await;
+    let c = &lab.controller;
+    let register = c
+        .wait_for(
+            |e| matches!(e, Event::Register { .. }),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let Event::Register {
+        labels,
+        reports,
+        metadata,
+    } = register
+    else {
+        unreachable!()
+    };
+    assert!(labels.is_empty(), "0.9.0 registers with empty labels");
+    assert_eq!(reports, 5, "root, power, echo, serial, console");
+    assert_eq!(metadata["jumpstarter-kind"], "Exporter");
+    assert_eq!(metadata["jumpstarter-namespace"], "default");
+    assert_eq!(metadata["jumpstarter-name"], "exporter1");
+    assert_eq!(metadata["authorization"], "Bearer exporter-token");
+    wait_for_report(
+        c,
+        ExporterStatus::Available,
+        "Exporter registered and available",
+    )
+    .await;
+
+    let result = python_lease(&lab.client_config).await;
+    assert_eq!(result["power"]["readings"][1][2], 10.0);
+    assert_eq!(result["serial"]["echoed"], "hello serial");
+    assert_eq!(result["echo"]["bytes"], 1 << 20);
+    wait_for_report(c, ExporterStatus::LeaseReady, "Ready for commands").await;
+    wait_for_report(c, ExporterStatus::Available, "Available for new lease").await;
+    assert!(lab.exporter.log().contains("power on"));
+
+    // The same exporter serves a second lease, this time for `jmp shell` and `j`.
+    let client_config = lab.client_config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut shell = python::command("jmp");
+        shell
+            .arg("shell")
+            .arg("--client-config")
+            .arg(&client_config)
+            .args([
+                "-n",
+                "exporter1",
+                "--retry-timeout",
+                "0",
+                "--",
+                "j",
+                "power",
+                "off",
+            ]);
+        python::output_with_timeout(shell, 120)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "jmp shell failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lab.exporter.wait_for_log("power off"),
+        "{}",
+        lab.exporter.log()
+    );
+
+    // Order of what the controller saw: LEASE_READY only after Listen was asked for, and the
+    // Dials that passed came after LEASE_READY.
+    let events = c.events();
+    let first_ready = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::ReportStatus {
+                    status: ExporterStatus::LeaseReady,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let first_dial_ok = events
+        .iter()
+        .position(|e| matches!(e, Event::Dial { result: Ok(()), .. }))
+        .unwrap();
+    assert!(first_ready < first_dial_ok, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_restarts_never_need_an_exporter_restart() {
+    let mut lab = lab(Options::default()).await;
+    let c = &lab.controller;
+    let registers = |c: &FakeController| {
+        c.events()
+            .iter()
+            .filter(|e| matches!(e, Event::Register { .. }))
+            .count()
+    };
+
+    // Idle: twice.
+    for round in 1..=2 {
+        c.stop().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.restart().await;
+        let want = round + 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        while registers(c) < want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no re-Register after restart {round}: {:#?}",
+                c.events()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Mid-lease: the lease survives restarts and the exporter never reports AVAILABLE meanwhile.
+    let lease = c.create_lease().await;
+    wait_for_report(c, ExporterStatus::LeaseReady, "Ready for commands").await;
+    let before = c.events().len();
+    for _ in 0..3 {
+        c.stop().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.restart().await;
+        let seen = c.events().len();
+        let again = c
+            .wait_for(
+                |e| matches!(e, Event::ListenOpened { lease: l } if *l == lease),
+                Duration::from_secs(40),
+            )
+            .await;
+        assert!(again.is_some());
+        let _ = seen;
+    }
+    let during: Vec<_> = reported(&c.events()[before..]);
+    assert!(
+        during.iter().all(|(s, _)| *s == ExporterStatus::LeaseReady),
+        "statuses during the lease: {during:?}"
+    );
+    let (_, token) = c
+        .dial(&lease)
+        .await
+        .expect("a client can still dial after the restarts");
+    assert!(!token.is_empty());
+    c.end_lease(&lease).await;
+    wait_for_report(c, ExporterStatus::Available, "Available for new lease").await;
+
+    // Leaving: OFFLINE, then Unregister, then exit 0.
+    let status = lab.exporter.stop();
+    assert!(status.success(), "{status:?}\n{}", lab.exporter.log());
+    let events = c.events();
+    let offline = events
+        .iter()
+        .position(|e| matches!(e, Event::ReportStatus { status: ExporterStatus::Offline, message: Some(m), .. } if m == "Exporter shutting down"))
+        .expect("OFFLINE reported");
+    let unregister = events
+        .iter()
+        .position(|e| matches!(e, Event::Unregister { reason } if reason == "Exporter shutdown"))
+        .expect("Unregister sent");
+    assert!(offline < unregister);
+    assert!(
+        !lab.exporter.log().contains("exporter-token"),
+        "the token was logged"
+    );
+}
