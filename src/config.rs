@@ -167,6 +167,45 @@ pub struct Loaded {
     pub warnings: Vec<yaml::Error>,
 }
 
+/// Where `--exporter ALIAS` finds its file, as upstream: the user config directory first
+/// (`$JMP_CLIENT_CONFIG_HOME`, else `$XDG_CONFIG_HOME/jumpstarter`, else
+/// `~/.config/jumpstarter`), then `/etc/jumpstarter`, each under `exporters/ALIAS.yaml`.
+pub fn exporter_config_path(
+    alias: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<std::path::PathBuf, String> {
+    use std::path::PathBuf;
+    if alias.is_empty()
+        || alias == "."
+        || alias == ".."
+        || alias.contains('/')
+        || alias.contains('\\')
+    {
+        return Err(format!(
+            "`{alias}` is not an exporter alias (a file name without `/`, such as `lab1`)"
+        ));
+    }
+    let user_dir = env("JMP_CLIENT_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("XDG_CONFIG_HOME").map(|x| PathBuf::from(x).join("jumpstarter")))
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config/jumpstarter")))
+        .unwrap_or_else(|| PathBuf::from(".config/jumpstarter"));
+    let file = format!("{alias}.yaml");
+    let user = user_dir.join("exporters").join(&file);
+    let system = Path::new("/etc/jumpstarter/exporters").join(&file);
+    if user.is_file() {
+        return Ok(user);
+    }
+    if system.is_file() {
+        return Ok(system);
+    }
+    Err(format!(
+        "no config for exporter `{alias}`: looked for {} and {}",
+        user.display(),
+        system.display()
+    ))
+}
+
 /// Reads and checks a config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let file = path.display().to_string();
@@ -899,6 +938,29 @@ hooks:
         assert!(e[0].starts_with("export.a.config.uuid (line 5)"), "{e:?}");
         let e = errs("metadata: {}\nhooks:\n  afterLease: {script: x, onFailure: explode}\n");
         assert!(e[0].contains("not one of: warn, endLease, exit"), "{e:?}");
+    }
+
+    #[test]
+    fn aliases_are_looked_up_in_the_user_dir_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_str().unwrap().to_string();
+        let env = |k: &str| (k == "JMP_CLIENT_CONFIG_HOME").then(|| home.clone());
+        let err = exporter_config_path("lab1", &env).unwrap_err();
+        assert!(
+            err.contains(&format!("{home}/exporters/lab1.yaml")),
+            "{err}"
+        );
+        std::fs::create_dir_all(dir.path().join("exporters")).unwrap();
+        std::fs::write(dir.path().join("exporters/lab1.yaml"), "metadata: {}\n").unwrap();
+        assert_eq!(
+            exporter_config_path("lab1", &env).unwrap(),
+            dir.path().join("exporters/lab1.yaml")
+        );
+        for bad in ["", "..", "a/b", "."] {
+            assert!(exporter_config_path(bad, &env)
+                .unwrap_err()
+                .contains("not an exporter alias"));
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ use crate::proto::{
 };
 use crate::server::{self, ConnSender};
 use crate::session::{status_name, Session};
+use crate::signal::Stop;
+use crate::systemd;
 use crate::tree::DriverTree;
 use crate::tunnel;
 
@@ -85,7 +87,7 @@ struct LeaseRun {
 }
 
 /// Runs in controller mode until `stop` is cancelled.
-pub async fn run(config: ExporterConfig, stop: CancellationToken) -> Result<(), ExporterError> {
+pub async fn run(config: ExporterConfig, stop: Stop) -> Result<(), ExporterError> {
     let endpoint = config
         .endpoint
         .clone()
@@ -115,10 +117,12 @@ pub async fn run(config: ExporterConfig, stop: CancellationToken) -> Result<(), 
         link: link.clone(),
         lifecycle: Lifecycle::default(),
         lease: None,
-        reporter: Reporter::spawn(link.clone(), stop.clone()),
+        reporter: Reporter::spawn(link.clone(), stop.now.clone()),
         ends: mpsc::unbounded_channel(),
+        stop,
+        ready: false,
     };
-    runner.run(&endpoint, stop).await;
+    runner.run(&endpoint).await;
     Ok(())
 }
 
@@ -133,52 +137,69 @@ struct Runner {
         mpsc::UnboundedSender<String>,
         mpsc::UnboundedReceiver<String>,
     ),
+    stop: Stop,
+    /// systemd has been told READY.
+    ready: bool,
 }
 
 impl Runner {
-    async fn run(mut self, endpoint: &str, stop: CancellationToken) {
+    async fn run(mut self, endpoint: &str) {
         let mut backoff = Backoff::controller();
         let mut registered = false;
         // Failures are logged once per outage, not once per retry; every Register ends one.
         let mut warned = false;
         tracing::info!(controller = %endpoint, "connecting to the controller");
-        while !stop.is_cancelled() {
+        while !self.stop.now.is_cancelled() {
             match self.register().await {
                 Ok(()) => {
                     registered = true;
                     warned = false;
                     tracing::info!(controller = %endpoint, "registered with the controller");
+                    self.tell_systemd(&format!("registered with {endpoint}"));
                     self.handle(Event::Registered).await;
-                    let result = self.follow_status(&stop, &mut backoff).await;
-                    if stop.is_cancelled() {
+                    let Some(lost) = self.follow_status(&mut backoff).await else {
                         break;
-                    }
-                    tracing::warn!(error = %result, "lost the controller's Status stream; reconnecting");
+                    };
+                    tracing::warn!(error = %lost, "lost the controller's Status stream; reconnecting");
+                    systemd::status("reconnecting to the controller");
                 }
                 Err(e) => {
                     if warned {
                         tracing::debug!(error = %e, "register failed again");
                     } else {
                         tracing::warn!(error = %e, "cannot register with the controller; will keep trying");
+                        systemd::status(&format!("cannot reach the controller: {e}"));
                         warned = true;
                     }
                 }
             }
             let delay = backoff.next_delay();
+            let (now, drain) = (self.stop.now.clone(), self.stop.after_lease.clone());
             tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = now.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
                 // EndSession still works while the controller is away.
                 Some(lease) = self.ends.1.recv() => self.end_requested(lease).await,
+                _ = drain.cancelled(), if self.lease.is_none() => break,
             }
         }
+        systemd::stopping();
         self.shutdown(registered).await;
+    }
+
+    fn tell_systemd(&mut self, text: &str) {
+        if self.ready {
+            systemd::status(text);
+        } else {
+            systemd::ready(text);
+            self.ready = true;
+        }
     }
 
     async fn register(&self) -> Result<(), ControllerError> {
         let reports = DriverTree::build(&self.config)
             .map(|tree| tree.reports().to_vec())
-            .map_err(|e| ControllerError::BadEndpoint(e.to_string()))?;
+            .map_err(|e| ControllerError::Drivers(e.to_string()))?;
         let mut request = self.link.identity.request(RegisterRequest {
             labels: HashMap::new(),
             reports,
@@ -188,33 +209,34 @@ impl Runner {
         Ok(())
     }
 
-    /// Follows the Status stream until it fails or `stop`; returns why it ended.
-    async fn follow_status(
-        &mut self,
-        stop: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> ControllerError {
+    /// Follows the Status stream until it fails (returns why) or the exporter stops (`None`).
+    async fn follow_status(&mut self, backoff: &mut Backoff) -> Option<ControllerError> {
+        let (now, drain) = (self.stop.now.clone(), self.stop.after_lease.clone());
         let mut client = self.link.controller.clone();
         let opened = tokio::select! {
-            _ = stop.cancelled() => return ControllerError::Missing("nothing: stopping"),
+            _ = now.cancelled() => return None,
             r = client.status(self.link.identity.request(StatusRequest {})) => r,
         };
         let mut stream = match opened {
             Ok(response) => response.into_inner(),
-            Err(status) => return status.into(),
+            Err(status) => return Some(status.into()),
         };
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return ControllerError::Missing("nothing: stopping"),
+                _ = now.cancelled() => return None,
                 message = stream.message() => match message {
                     Ok(Some(StatusResponse { leased, lease_name, client_name })) => {
                         backoff.reset();
                         self.handle(Event::Status { leased, lease_name, client_name }).await;
+                        if drain.is_cancelled() && self.lease.is_none() {
+                            return None;
+                        }
                     }
-                    Ok(None) => return tonic::Status::unavailable("the controller ended the Status stream").into(),
-                    Err(status) => return status.into(),
+                    Ok(None) => return Some(tonic::Status::unavailable("the controller ended the Status stream").into()),
+                    Err(status) => return Some(status.into()),
                 },
                 Some(lease) = self.ends.1.recv() => self.end_requested(lease).await,
+                _ = drain.cancelled(), if self.lease.is_none() => return None,
             }
         }
     }
@@ -257,6 +279,7 @@ impl Runner {
         let stop = CancellationToken::new();
         let (conns, server) = server::start(session.clone(), None, stop.clone());
         tracing::info!(lease = %name, "lease started");
+        systemd::status(&format!("leased: {name}"));
         self.lease = Some(LeaseRun {
             name,
             session,
@@ -304,6 +327,7 @@ impl Runner {
         }
         run.session.tree.close().await;
         tracing::info!(lease = %run.name, "lease ended");
+        systemd::status("available");
     }
 
     async fn shutdown(mut self, registered: bool) {

@@ -1,18 +1,14 @@
 //! The process shell: arguments, logging, config loading (exit 78 on errors, before anything
 //! binds), the runtime, and signals wired to one cancellation token. Nothing else.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use jmp_exporter::config::{self, Secret};
+use jmp_exporter::signal::Stop;
 use jmp_exporter::standalone::{self, Listeners};
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::Layer as _;
 
 /// EX_CONFIG from sysexits.h: the unit file refuses to restart on it.
 const EXIT_CONFIG: u8 = 78;
@@ -28,23 +24,44 @@ struct Cli {
     command: Command,
 }
 
+/// Where the config comes from: a path, or an alias looked up as upstream does.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ConfigSource {
+    /// The exporter config (upstream ExporterConfig YAML).
+    #[arg(long, visible_alias = "exporter-config")]
+    config: Option<PathBuf>,
+    /// An exporter alias: ~/.config/jumpstarter/exporters/ALIAS.yaml, then
+    /// /etc/jumpstarter/exporters/ALIAS.yaml.
+    #[arg(long)]
+    exporter: Option<String>,
+}
+
+impl ConfigSource {
+    fn path(&self) -> Result<PathBuf, String> {
+        match (&self.config, &self.exporter) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Some(alias)) => config::exporter_config_path(alias, &|k| std::env::var(k).ok()),
+            (None, None) => Err("give --config FILE or --exporter ALIAS".into()),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the exporter.
     Run(RunArgs),
     /// Check a config file and print its driver tree, or every error in it.
     Check {
-        /// The exporter config (upstream ExporterConfig YAML).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: ConfigSource,
     },
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// The exporter config (upstream ExporterConfig YAML).
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    source: ConfigSource,
     /// Serve the session on this Unix socket (for JUMPSTARTER_HOST=PATH clients).
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -67,9 +84,15 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    jmp_exporter::logging::init(&cli.log_level);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { source } => match source.path() {
+            Ok(path) => check(&path),
+            Err(e) => {
+                eprintln!("jmp-exporter: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Run(args) => match run(args) {
             Ok(code) => code,
             Err(e) => {
@@ -78,35 +101,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn init_logging(level: &str) {
-    let filter = std::env::var("JMP_EXPORTER_LOG")
-        .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::try_new(format!(
-                "warn,jmp_exporter={level},jmp_drivers={level}"
-            ))
-            .unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,jmp_exporter=info,jmp_drivers=info")
-            })
-        });
-    let session_level = match level {
-        "debug" | "trace" => tracing::Level::DEBUG,
-        _ => tracing::Level::INFO,
-    };
-    let session_filter =
-        tracing_subscriber::filter::filter_fn(|meta| meta.target().starts_with("jmp_"));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_filter(filter),
-        )
-        .with(jmp_exporter::logs::SessionLogLayer::new(session_level).with_filter(session_filter))
-        .init();
 }
 
 /// Loads the config, printing every error; `None` means exit 78.
@@ -134,7 +128,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load(&args.config) else {
+    let config_path = match args.source.path() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("jmp-exporter: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Some(loaded) = load(&config_path) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -172,7 +173,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if !missing.is_empty() {
             eprintln!(
                 "jmp-exporter: {}: registering with a controller needs {} (or serve without one: --socket PATH or --tls-grpc-listener [HOST:]PORT)",
-                args.config.display(),
+                config_path.display(),
                 missing.join(", ")
             );
             return Ok(ExitCode::from(EXIT_CONFIG));
@@ -194,8 +195,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let stop = CancellationToken::new();
-        tokio::spawn(stop_on_signal(stop.clone()));
+        let stop = Stop::from_signals();
+        jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
         if controller_mode {
             jmp_exporter::exporter::run(loaded.config, stop)
                 .await
@@ -207,20 +208,4 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn stop_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot watch for SIGTERM/SIGINT; stop the exporter with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
-    }
-    stop.cancel();
 }

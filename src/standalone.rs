@@ -13,6 +13,8 @@ use crate::config::{resolve, Entry, EntryKind, ExporterConfig, Secret};
 use crate::proto::ExporterStatus;
 use crate::server::{self, ListenError};
 use crate::session::{Session, READY_MESSAGE};
+use crate::signal::Stop;
+use crate::systemd;
 use crate::tree::{BuildError, DriverTree};
 
 /// Lease name of the standalone session, as upstream.
@@ -82,13 +84,24 @@ impl Running {
     }
 }
 
-/// Runs until `stop` is cancelled.
+/// Runs until told to stop.
 pub async fn run(
     config: ExporterConfig,
     listeners: Listeners,
-    stop: CancellationToken,
+    stop: Stop,
 ) -> Result<(), StandaloneError> {
-    let running = start(&config, listeners, stop).await?;
+    let now = stop.now.clone();
+    let running = start(&config, listeners, now.clone()).await?;
+    systemd::ready(&match running.tcp_addr {
+        Some(addr) => format!("serving standalone on {addr}"),
+        None => "serving standalone".to_string(),
+    });
+    // The standalone session is the only lease, so stopping after it means stopping now.
+    tokio::select! {
+        _ = stop.now.cancelled() => {}
+        _ = stop.after_lease.cancelled() => now.cancel(),
+    }
+    systemd::stopping();
     running.finish().await;
     Ok(())
 }

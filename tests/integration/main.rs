@@ -7,4 +7,5 @@ mod cli;
 // mod controller;
 mod descriptors;
 mod python_client;
+mod systemd;
 mod tunnel;

@@ -27,6 +27,11 @@ pub fn config(name: &str) -> PathBuf {
 impl Exporter {
     /// Serves `config` on a Unix socket in a fresh temp dir.
     pub fn unix(config: &Path) -> Self {
+        Self::unix_with_env(config, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn unix_with_env(config: &Path, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("exporter.sock");
         let mut cmd = Command::new(binary());
@@ -34,8 +39,29 @@ impl Exporter {
             .arg("--config")
             .arg(config)
             .arg("--socket")
-            .arg(&socket);
+            .arg(&socket)
+            .envs(envs.iter().copied());
         Self::spawn(cmd, dir, Some(socket), false)
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Serves `config` on plaintext TCP on a free loopback port, with extra arguments.
@@ -52,9 +78,14 @@ impl Exporter {
 
     /// Runs `config` in controller mode and waits until it has registered.
     pub fn controller(config: &Path) -> Self {
+        Self::controller_with_env(config, &[])
+    }
+
+    pub fn controller_with_env(config: &Path, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(binary());
         cmd.arg("run").arg("--config").arg(config);
+        cmd.envs(envs.iter().copied());
         let exporter = Self::spawn(cmd, dir, None, false);
         assert!(
             exporter.wait_for_log("registered with the controller"),
