@@ -1,4 +1,11 @@
 //! Test support shared by jmp-exporter's integration tests and benchmarks: fakes of the
 //! Jumpstarter controller (exporter and client APIs) and router that behave like the real
 //! ones where it matters.
+pub mod controller;
+pub mod proxy;
+pub mod relay;
 pub mod router;
+pub mod tls;
+
+pub use controller::{Event, FakeController, Options};
+pub use proxy::PausableProxy;

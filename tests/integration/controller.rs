@@ -210,18 +210,22 @@ async fn controller_restarts_never_need_an_exporter_restart() {
     wait_for_report(c, ExporterStatus::LeaseReady, "Ready for commands").await;
     let before = c.events().len();
     for _ in 0..3 {
+        let mark = c.mark();
         c.stop().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.restart().await;
-        let seen = c.events().len();
         let again = c
-            .wait_for(
+            .wait_for_after(
+                mark,
                 |e| matches!(e, Event::ListenOpened { lease: l } if *l == lease),
                 Duration::from_secs(40),
             )
             .await;
-        assert!(again.is_some());
-        let _ = seen;
+        assert!(
+            again.is_some(),
+            "Listen was not reopened after a restart: {:#?}",
+            &c.events()[mark..]
+        );
     }
     let during: Vec<_> = reported(&c.events()[before..]);
     assert!(

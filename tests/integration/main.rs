@@ -4,7 +4,7 @@
 mod support;
 
 mod cli;
-// mod controller;
+mod controller;
 mod descriptors;
 mod python_client;
 mod systemd;
