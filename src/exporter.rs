@@ -407,8 +407,10 @@ async fn listen(
                             };
                             let (conns, stop, lease) = (conns.clone(), stop.clone(), lease.clone());
                             tunnels.spawn(async move {
-                                if let Err(e) = tunnel::run(router, &token.router_token, &conns, stop).await {
-                                    tracing::warn!(lease = %lease, error = %e, "client tunnel failed");
+                                tracing::info!(lease = %lease, router = %token.router_endpoint, "client connected through the router");
+                                match tunnel::run(router, &token.router_token, &conns, stop).await {
+                                    Ok(()) => tracing::info!(lease = %lease, "client connection closed"),
+                                    Err(e) => tracing::warn!(lease = %lease, error = %e, "client connection failed"),
                                 }
                             });
                         }

@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod controller;
 mod descriptors;
+mod faults;
 mod python_client;
 mod systemd;
 mod tunnel;

@@ -44,6 +44,10 @@ impl Exporter {
         Self::spawn(cmd, dir, Some(socket), false)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
