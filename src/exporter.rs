@@ -327,7 +327,9 @@ impl Runner {
         }
         run.session.tree.close().await;
         tracing::info!(lease = %run.name, "lease ended");
-        systemd::status("available");
+        if !self.stop.now.is_cancelled() {
+            systemd::status("available");
+        }
     }
 
     async fn shutdown(mut self, registered: bool) {

@@ -258,3 +258,147 @@ async fn controller_restarts_never_need_an_exporter_restart() {
         "the token was logged"
     );
 }
+
+/// A datagram socket standing in for systemd's notify socket.
+struct Notify {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Notify {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Notify {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn received(&self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_lease_reports_offline_unregisters_and_exits_0() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(&config, c.exporter_config_yaml(EXPORT)).unwrap();
+    let notify = Notify::new();
+    let notify_path = notify.path.to_str().unwrap().to_string();
+    let mut exporter = tokio::task::spawn_blocking(move || {
+        Exporter::controller_with_env(&config, &[("NOTIFY_SOCKET", notify_path.as_str())])
+    })
+    .await
+    .unwrap();
+    let lease = c.create_lease().await;
+    wait_for_report(&c, ExporterStatus::LeaseReady, "Ready for commands").await;
+    assert!(exporter.wait_for_log("lease started"));
+
+    exporter.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = exporter.wait_exit(Duration::from_secs(15));
+        (s, exporter)
+    })
+    .await
+    .unwrap();
+    let (status, exporter) = status;
+    let status =
+        status.unwrap_or_else(|| panic!("no exit within 15 s of SIGTERM:\n{}", exporter.log()));
+    assert_eq!(status.code(), Some(0), "{}", exporter.log());
+    let events = c.events();
+    let offline = events.iter().position(|e| {
+        matches!(e, Event::ReportStatus { status: ExporterStatus::Offline, message: Some(m), .. } if m == "Exporter shutting down")
+    });
+    let unregister = events
+        .iter()
+        .position(|e| matches!(e, Event::Unregister { .. }));
+    assert!(offline.is_some() && unregister > offline, "{events:#?}");
+    assert!(
+        exporter
+            .log()
+            .contains(&format!("lease ended lease={lease}"))
+            || exporter.log().contains("lease ended")
+    );
+
+    let told = notify.received();
+    assert_eq!(
+        told.first().map(String::as_str),
+        Some(format!("READY=1\nSTATUS=registered with {}", c.endpoint()).as_str()),
+        "{told:?}"
+    );
+    assert!(
+        told.contains(&format!("STATUS=leased: {lease}")),
+        "{told:?}"
+    );
+    assert_eq!(
+        told.last().map(String::as_str),
+        Some("STOPPING=1\nSTATUS=stopping"),
+        "{told:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_lets_the_current_lease_finish_before_stopping() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(&config, c.exporter_config_yaml(EXPORT)).unwrap();
+    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
+        .await
+        .unwrap();
+    let lease = c.create_lease().await;
+    wait_for_report(&c, ExporterStatus::LeaseReady, "Ready for commands").await;
+
+    exporter.signal("HUP");
+    let (still_running, mut exporter) = tokio::task::spawn_blocking(move || {
+        let mut exporter = exporter;
+        (
+            exporter.wait_exit(Duration::from_secs(2)).is_none(),
+            exporter,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        still_running,
+        "SIGHUP stopped the exporter in the middle of a lease"
+    );
+    let (_, token) = c
+        .dial(&lease)
+        .await
+        .expect("the lease is still served after SIGHUP");
+    assert!(!token.is_empty());
+    assert!(!c
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Unregister { .. })));
+
+    c.end_lease(&lease).await;
+    let status = tokio::task::spawn_blocking(move || exporter.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("the exporter stops once the lease has ended");
+    assert_eq!(status.code(), Some(0));
+    let events = c.events();
+    let ended = events
+        .iter()
+        .position(|e| matches!(e, Event::LeaseEnded { .. }))
+        .unwrap();
+    let unregister = events
+        .iter()
+        .position(|e| matches!(e, Event::Unregister { .. }))
+        .expect("Unregister");
+    assert!(ended < unregister);
+}
