@@ -9,6 +9,7 @@
 //! and an active lease's session and tunnels stay up meanwhile.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,14 +25,16 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::ExporterConfig;
 use crate::controller::{self, ChannelOptions, ControllerError, Identity};
-use crate::lease::{Effect, Event, Lifecycle, SHUTDOWN_MESSAGE};
+use crate::hooks;
+use crate::host::SessionHost;
+use crate::lease::{Effect, Event, HookKind, HookPlan, LeaseState, Lifecycle, SHUTDOWN_MESSAGE};
 use crate::proto::controller_service_client::ControllerServiceClient;
 use crate::proto::{
-    ExporterStatus, ListenRequest, RegisterRequest, ReportStatusRequest, StatusRequest,
-    StatusResponse, UnregisterRequest,
+    ExporterStatus, ListenRequest, RegisterRequest, ReleaseLeaseRequest, ReportStatusRequest,
+    StatusRequest, StatusResponse, UnregisterRequest,
 };
-use crate::server::{self, ConnSender};
-use crate::session::{status_name, Session};
+use crate::server::ConnSender;
+use crate::session::status_name;
 use crate::signal::Stop;
 use crate::systemd;
 use crate::tree::DriverTree;
@@ -39,8 +42,6 @@ use crate::tunnel;
 
 /// Time allowed for OFFLINE and Unregister on the way out.
 const GOODBYE_BUDGET: Duration = Duration::from_secs(10);
-/// Time a lease's session gets to drain at lease end.
-const LEASE_GRACE: Duration = Duration::from_secs(3);
 /// Deadline of one ReportStatus, Register or Unregister call.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -57,6 +58,8 @@ struct Link {
     tls: Arc<rustls::ClientConfig>,
     options: ChannelOptions,
     routers: Mutex<HashMap<String, Channel>>,
+    /// The controller lacks ReleaseLease; release through ReportStatus instead.
+    compat_release: AtomicBool,
 }
 
 impl Link {
@@ -78,16 +81,29 @@ impl Link {
 /// A lease being served.
 struct LeaseRun {
     name: String,
-    session: Arc<Session>,
-    conns: ConnSender,
-    stop: CancellationToken,
-    server: JoinHandle<()>,
+    host: SessionHost,
     listen: Option<JoinHandle<()>>,
-    tunnels: TaskTracker,
+    /// Opens once the beforeLease step has finished; tokens wait for it.
+    gate: watch::Sender<bool>,
 }
 
-/// Runs in controller mode until `stop` is cancelled.
-pub async fn run(config: ExporterConfig, stop: Stop) -> Result<(), ExporterError> {
+/// Results that tasks of a lease hand back to the link task, tagged with the lease.
+enum Internal {
+    Hook(String, HookKind, Result<(), String>),
+    Released(String),
+}
+
+/// How the exporter ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped by a signal (or SIGHUP after the lease).
+    Clean,
+    /// A hook with `onFailure: exit` took the exporter offline.
+    HookFailure,
+}
+
+/// Runs in controller mode until told to stop.
+pub async fn run(config: ExporterConfig, stop: Stop) -> Result<Exit, ExporterError> {
     let endpoint = config
         .endpoint
         .clone()
@@ -110,20 +126,28 @@ pub async fn run(config: ExporterConfig, stop: Stop) -> Result<(), ExporterError
         tls,
         options,
         routers: Mutex::new(HashMap::new()),
+        compat_release: AtomicBool::new(false),
     });
+    let plan = HookPlan {
+        before: config.hooks.before_lease.as_ref().map(|h| h.on_failure),
+        after: config.hooks.after_lease.as_ref().map(|h| h.on_failure),
+        standalone: false,
+    };
+    let reporter_stop = CancellationToken::new();
     let runner = Runner {
         config: Arc::new(config),
         exporter_uuid: Uuid::new_v4(),
         link: link.clone(),
-        lifecycle: Lifecycle::default(),
+        lifecycle: Lifecycle::new(plan),
         lease: None,
-        reporter: Reporter::spawn(link.clone(), stop.now.clone()),
+        reporter: Reporter::spawn(link.clone(), reporter_stop),
         ends: mpsc::unbounded_channel(),
+        internal: mpsc::unbounded_channel(),
         stop,
         ready: false,
+        exit: Exit::Clean,
     };
-    runner.run(&endpoint).await;
-    Ok(())
+    Ok(runner.run(&endpoint).await)
 }
 
 struct Runner {
@@ -133,17 +157,23 @@ struct Runner {
     lifecycle: Lifecycle,
     lease: Option<LeaseRun>,
     reporter: Reporter,
+    /// EndSession calls from the sessions, as lease names.
     ends: (
         mpsc::UnboundedSender<String>,
         mpsc::UnboundedReceiver<String>,
     ),
+    internal: (
+        mpsc::UnboundedSender<Internal>,
+        mpsc::UnboundedReceiver<Internal>,
+    ),
     stop: Stop,
     /// systemd has been told READY.
     ready: bool,
+    exit: Exit,
 }
 
 impl Runner {
-    async fn run(mut self, endpoint: &str) {
+    async fn run(mut self, endpoint: &str) -> Exit {
         let mut backoff = Backoff::controller();
         let mut registered = false;
         // Failures are logged once per outage, not once per retry; every Register ends one.
@@ -174,17 +204,25 @@ impl Runner {
                 }
             }
             let delay = backoff.next_delay();
-            let (now, drain) = (self.stop.now.clone(), self.stop.after_lease.clone());
-            tokio::select! {
-                _ = now.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-                // EndSession still works while the controller is away.
-                Some(lease) = self.ends.1.recv() => self.end_requested(lease).await,
-                _ = drain.cancelled(), if self.lease.is_none() => break,
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                let (now, drain) = (self.stop.now.clone(), self.stop.after_lease.clone());
+                tokio::select! {
+                    _ = now.cancelled() => break,
+                    _ = &mut sleep => break,
+                    // Lease work goes on while the controller is away.
+                    Some(lease) = self.ends.1.recv() => self.end_requested(lease).await,
+                    Some(done) = self.internal.1.recv() => self.internal_done(done).await,
+                    _ = drain.cancelled(), if self.lease.is_none() => {
+                        self.stop.now.cancel();
+                        break;
+                    }
+                }
             }
         }
         systemd::stopping();
-        self.shutdown(registered).await;
+        self.shutdown(registered).await
     }
 
     fn tell_systemd(&mut self, text: &str) {
@@ -228,22 +266,39 @@ impl Runner {
                     Ok(Some(StatusResponse { leased, lease_name, client_name })) => {
                         backoff.reset();
                         self.handle(Event::Status { leased, lease_name, client_name }).await;
-                        if drain.is_cancelled() && self.lease.is_none() {
-                            return None;
-                        }
                     }
                     Ok(None) => return Some(tonic::Status::unavailable("the controller ended the Status stream").into()),
                     Err(status) => return Some(status.into()),
                 },
                 Some(lease) = self.ends.1.recv() => self.end_requested(lease).await,
-                _ = drain.cancelled(), if self.lease.is_none() => return None,
+                Some(done) = self.internal.1.recv() => self.internal_done(done).await,
+                _ = drain.cancelled(), if self.lease.is_none() => {
+                    self.stop.now.cancel();
+                    return None;
+                }
             }
         }
     }
 
+    fn is_current(&self, lease: &str) -> bool {
+        self.lease.as_ref().is_some_and(|run| run.name == lease)
+    }
+
     async fn end_requested(&mut self, lease: String) {
-        if self.lease.as_ref().is_some_and(|run| run.name == lease) {
+        if self.is_current(&lease) {
             self.handle(Event::EndSession).await;
+        }
+    }
+
+    async fn internal_done(&mut self, done: Internal) {
+        match done {
+            Internal::Hook(lease, kind, result) if self.is_current(&lease) => {
+                self.handle(Event::HookDone(kind, result)).await
+            }
+            Internal::Released(lease) if self.is_current(&lease) => {
+                self.handle(Event::Released).await
+            }
+            _ => {}
         }
     }
 
@@ -252,42 +307,51 @@ impl Runner {
             match effect {
                 Effect::StartSession { lease } => self.start_lease(lease).await,
                 Effect::OpenListen { lease } => self.open_listen(&lease),
+                Effect::OpenGate => {
+                    if let Some(run) = &self.lease {
+                        run.gate.send_replace(true);
+                    }
+                }
+                Effect::RunHook { kind } => self.run_hook(kind),
+                Effect::Release { lease } => self.release(lease),
                 Effect::EndSession { lease } => self.end_lease(&lease).await,
                 Effect::Report { status, message } => {
                     if let Some(run) = &self.lease {
-                        run.session.set_status(status, &message);
+                        run.host.session.set_status(status, &message);
                     }
                     self.reporter.report(status, message);
+                }
+                Effect::ExitAfterLease => {
+                    self.exit = Exit::HookFailure;
+                    self.stop.after_lease.cancel();
                 }
             }
         }
     }
 
     async fn start_lease(&mut self, name: String) {
-        let tree = match DriverTree::build(&self.config) {
-            Ok(tree) => tree,
+        let host = match SessionHost::start(
+            &self.config,
+            self.exporter_uuid,
+            name.clone(),
+            self.ends.0.clone(),
+            None,
+        )
+        .await
+        {
+            Ok(host) => host,
             Err(e) => {
-                tracing::error!(lease = %name, error = %e, "cannot build the drivers for this lease");
+                tracing::error!(lease = %name, error = %e, "cannot serve this lease");
                 return;
             }
         };
-        if let Err(e) = tree.reset().await {
-            tracing::error!(lease = %name, error = %e, "a driver failed to reset at lease start");
-        }
-        let session =
-            Session::for_lease(self.exporter_uuid, tree, name.clone(), self.ends.0.clone());
-        let stop = CancellationToken::new();
-        let (conns, server) = server::start(session.clone(), None, stop.clone());
         tracing::info!(lease = %name, "lease started");
         systemd::status(&format!("leased: {name}"));
         self.lease = Some(LeaseRun {
             name,
-            session,
-            conns,
-            stop,
-            server,
+            host,
             listen: None,
-            tunnels: TaskTracker::new(),
+            gate: watch::channel(false).0,
         });
     }
 
@@ -301,10 +365,54 @@ impl Runner {
         run.listen = Some(tokio::spawn(listen(
             self.link.clone(),
             run.name.clone(),
-            run.conns.clone(),
-            run.stop.clone(),
-            run.tunnels.clone(),
+            run.host.conns.clone(),
+            run.host.stop.clone(),
+            run.host.tunnels.clone(),
+            run.gate.subscribe(),
         )));
+    }
+
+    fn run_hook(&self, kind: HookKind) {
+        let Some(run) = &self.lease else {
+            return;
+        };
+        let hook = match kind {
+            HookKind::BeforeLease => self.config.hooks.before_lease.clone(),
+            HookKind::AfterLease => self.config.hooks.after_lease.clone(),
+        };
+        let client = match &self.lifecycle.lease {
+            LeaseState::Active(lease) => lease.client.clone().unwrap_or_default(),
+            LeaseState::Idle => String::new(),
+        };
+        let ctx = run.host.hook_context(&client);
+        let (lease, done) = (run.name.clone(), self.internal.0.clone());
+        tokio::spawn(async move {
+            let result = match &hook {
+                Some(hook) => hooks::run(hook, kind, &ctx)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            let _ = done.send(Internal::Hook(lease, kind, result));
+        });
+    }
+
+    /// Asks the controller to end the lease (a second after the hook, as upstream), falling
+    /// back to ReportStatus with `release_lease` for controllers without ReleaseLease.
+    fn release(&self, lease: String) {
+        let link = self.link.clone();
+        let done = self.internal.0.clone();
+        let status = self
+            .lifecycle
+            .reported
+            .as_ref()
+            .map(|r| r.status)
+            .unwrap_or(ExporterStatus::AfterLeaseHook);
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_PAUSE).await;
+            release_lease(&link, &lease, status).await;
+            let _ = done.send(Internal::Released(lease));
+        });
     }
 
     async fn end_lease(&mut self, lease: &str) {
@@ -314,33 +422,52 @@ impl Runner {
         if let Some(listen) = run.listen {
             listen.abort();
         }
-        run.stop.cancel();
-        run.tunnels.close();
-        if tokio::time::timeout(LEASE_GRACE, async {
-            run.tunnels.wait().await;
-            let _ = run.server.await;
-        })
-        .await
-        .is_err()
-        {
-            tracing::warn!(lease = %run.name, "lease session did not stop within {LEASE_GRACE:?}");
-        }
-        run.session.tree.close().await;
+        run.host.end().await;
         tracing::info!(lease = %run.name, "lease ended");
         if !self.stop.now.is_cancelled() {
             systemd::status("available");
         }
+        if self.stop.after_lease.is_cancelled() {
+            self.stop.now.cancel();
+        }
     }
 
-    async fn shutdown(mut self, registered: bool) {
-        if let Some(run) = &self.lease {
-            let name = run.name.clone();
-            self.end_lease(&name).await;
+    async fn shutdown(mut self, registered: bool) -> Exit {
+        // The end-of-lease step (afterLease hook, release) still runs, with the session up.
+        if self.lease.is_some() {
+            self.handle(Event::Shutdown).await;
+            let budget = self
+                .config
+                .hooks
+                .after_lease
+                .as_ref()
+                .map_or(Duration::ZERO, |h| h.timeout)
+                + hooks::KILL_GRACE
+                + Duration::from_secs(5);
+            let deadline = tokio::time::Instant::now() + budget;
+            while self.lease.is_some() && self.lifecycle.busy() {
+                tokio::select! {
+                    Some(done) = self.internal.1.recv() => self.internal_done(done).await,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!("the end of the lease did not finish within {budget:?}");
+                        break;
+                    }
+                }
+            }
+            if let Some(run) = &self.lease {
+                let name = run.name.clone();
+                self.end_lease(&name).await;
+            }
         }
         self.reporter.stop().await;
-        if !registered {
-            return;
+        if registered {
+            self.goodbye().await;
         }
+        self.exit
+    }
+
+    /// OFFLINE and Unregister, bounded in time.
+    async fn goodbye(&self) {
         let link = self.link.clone();
         let goodbye = async move {
             let mut report = link.identity.request(ReportStatusRequest {
@@ -369,6 +496,62 @@ impl Runner {
     }
 }
 
+/// Pause before an exporter-initiated release, as upstream.
+const RELEASE_PAUSE: Duration = Duration::from_secs(1);
+const COMPAT_RELEASE_MESSAGE: &str = "Lease released (compat: ReportStatus with release_lease)";
+
+/// Ends the lease from the exporter's side: ReleaseLease, retried while the controller is
+/// unreachable; a controller that does not know ReleaseLease (or refuses it as an old one
+/// does) gets ReportStatus with `release_lease` instead, from then on.
+async fn release_lease(link: &Link, lease: &str, current: ExporterStatus) {
+    if !link.compat_release.load(Ordering::Relaxed) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        for attempt in 1..=21 {
+            let mut request = link.identity.request(ReleaseLeaseRequest {
+                name: lease.to_string(),
+            });
+            request.set_timeout(CALL_DEADLINE);
+            match link.controller.clone().release_lease(request).await {
+                Ok(_) => {
+                    tracing::info!(lease = %lease, "lease released");
+                    return;
+                }
+                Err(e) => match e.code() {
+                    Code::PermissionDenied
+                    | Code::InvalidArgument
+                    | Code::Unauthenticated
+                    | Code::Unimplemented => {
+                        tracing::info!(lease = %lease, code = ?e.code(), "the controller does not take ReleaseLease; using ReportStatus with release_lease");
+                        link.compat_release.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Code::Unavailable | Code::DeadlineExceeded if attempt < 21 => {
+                        tracing::debug!(lease = %lease, attempt, "release failed; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    _ => {
+                        tracing::warn!(lease = %lease, error = %ControllerError::from(e), "could not release the lease");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+    let status = match current {
+        ExporterStatus::Available => ExporterStatus::AfterLeaseHook,
+        other => other,
+    };
+    let mut request = link.identity.request(ReportStatusRequest {
+        status: status as i32,
+        message: Some(COMPAT_RELEASE_MESSAGE.to_string()),
+        release_lease: Some(true),
+    });
+    request.set_timeout(CALL_DEADLINE);
+    if let Err(e) = link.controller.clone().report_status(request).await {
+        tracing::warn!(lease = %lease, error = %ControllerError::from(e), "could not release the lease");
+    }
+}
+
 /// Keeps the lease's Listen stream open and starts a tunnel for every token it delivers.
 /// The call's response headers arrive only once a client has dialled, so nothing waits on it
 /// but this task.
@@ -378,6 +561,7 @@ async fn listen(
     conns: ConnSender,
     stop: CancellationToken,
     tunnels: TaskTracker,
+    mut gate: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::controller();
     loop {
@@ -400,6 +584,11 @@ async fn listen(
                     match message {
                         Ok(Some(token)) => {
                             backoff.reset();
+                            // Clients wait until the beforeLease step has finished.
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                open = gate.wait_for(|open| *open) => if open.is_err() { return },
+                            }
                             let router = match link.router(&token.router_endpoint) {
                                 Ok(r) => r,
                                 Err(e) => {
@@ -522,8 +711,8 @@ impl Reporter {
         self.tx.send_replace(Some((status, message)));
     }
 
-    async fn stop(self) {
+    async fn stop(&mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
     }
 }

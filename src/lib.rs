@@ -14,6 +14,8 @@ pub mod controller;
 pub mod edge;
 pub mod exporter;
 pub mod frame;
+pub mod hooks;
+pub mod host;
 pub mod lease;
 pub mod logging;
 pub mod logs;

@@ -92,10 +92,11 @@ impl<S: Subscriber> Layer<S> for SessionLogLayer {
         }
         let mut text = MessageText::default();
         event.record(&mut text);
-        let source = if meta.target().starts_with("jmp_drivers") {
-            LogSource::Driver
-        } else {
-            LogSource::System
+        let source = match meta.target() {
+            crate::hooks::BEFORE_TARGET => LogSource::BeforeLeaseHook,
+            crate::hooks::AFTER_TARGET => LogSource::AfterLeaseHook,
+            t if t.starts_with("jmp_drivers") => LogSource::Driver,
+            _ => LogSource::System,
         };
         let record = LogStreamResponse {
             uuid: String::new(),
@@ -165,6 +166,7 @@ mod tests {
             tracing::info!(target: "jmp_drivers::mock", "power on");
             tracing::warn!(lease = "l1", "lease ended");
             tracing::debug!("too detailed");
+            tracing::info!(target: crate::hooks::BEFORE_TARGET, "flashing");
         });
         let batch = queue.next_batch().await;
         let mine: Vec<_> = batch
@@ -178,6 +180,8 @@ mod tests {
         assert_eq!(mine[1].severity, "WARNING");
         assert_eq!(mine[1].source, Some(LogSource::System as i32));
         assert!(!batch.iter().any(|r| r.message == "too detailed"));
+        let hook = batch.iter().find(|r| r.message == "flashing").unwrap();
+        assert_eq!(hook.source, Some(LogSource::BeforeLeaseHook as i32));
     }
 
     #[test]

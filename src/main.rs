@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use jmp_exporter::config::{self, Secret};
+use jmp_exporter::exporter::Exit;
 use jmp_exporter::signal::Stop;
 use jmp_exporter::standalone::{self, Listeners};
 
@@ -194,7 +195,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let exit = runtime.block_on(async move {
         let stop = Stop::from_signals();
         jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
         if controller_mode {
@@ -207,5 +208,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .map_err(anyhow::Error::from)
         }
     })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(match exit {
+        Exit::Clean => ExitCode::SUCCESS,
+        // A hook with onFailure: exit took the exporter offline; the unit does not restart.
+        Exit::HookFailure => ExitCode::from(1),
+    })
 }

@@ -1,21 +1,24 @@
 //! Serving without a controller: one session for the whole process, on a Unix socket and/or
-//! a TCP listener, at LEASE_READY from the start (as `jmp run --tls-grpc-listener`).
+//! a TCP listener (as `jmp run --tls-grpc-listener`), with the same lease lifecycle as a
+//! controller lease: the beforeLease hook at start, the afterLease hook at EndSession or
+//! shutdown, whichever comes first. Statuses stay local.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{resolve, Entry, EntryKind, ExporterConfig, Secret};
-use crate::proto::ExporterStatus;
-use crate::server::{self, ListenError};
-use crate::session::{Session, READY_MESSAGE};
+use crate::config::{ExporterConfig, Secret};
+use crate::exporter::Exit;
+use crate::hooks;
+use crate::host::{HostError, SessionHost};
+use crate::lease::{Effect, Event, HookKind, HookPlan, Lifecycle};
+use crate::server;
 use crate::signal::Stop;
 use crate::systemd;
-use crate::tree::{BuildError, DriverTree};
 
 /// Lease name of the standalone session, as upstream.
 pub const LEASE_NAME: &str = "standalone";
@@ -28,86 +31,167 @@ pub struct Listeners {
     pub passphrase: Option<Secret>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StandaloneError {
-    #[error("cannot start drivers: {0}")]
-    Drivers(#[from] BuildError),
-    #[error(transparent)]
-    Listen(#[from] ListenError),
-}
-
-/// A running standalone exporter.
+/// A standalone session being served.
 pub struct Running {
     pub tcp_addr: Option<SocketAddr>,
-    /// Feeds further connections (router tunnels, tests) into the session's server.
-    pub conns: server::ConnSender,
-    pub session: std::sync::Arc<Session>,
-    server: tokio::task::JoinHandle<()>,
+    pub host: SessionHost,
+    /// EndSession calls from clients.
+    ends: mpsc::UnboundedReceiver<String>,
 }
 
-/// Builds the session and binds every listener; serving goes on in the background until
-/// `stop` is cancelled.
-pub async fn start(
-    config: &ExporterConfig,
-    listeners: Listeners,
-    stop: CancellationToken,
-) -> Result<Running, StandaloneError> {
-    let tree = DriverTree::build(config)?;
-    tree.reset().await?;
-    let session = Session::new(Uuid::new_v4(), tree, Some(LEASE_NAME.to_string()));
-    session.set_status(ExporterStatus::LeaseReady, READY_MESSAGE);
-    let (conns, server) = server::start(session.clone(), listeners.passphrase, stop.clone());
+/// Builds the session and binds every listener; serving goes on in the background.
+pub async fn start(config: &ExporterConfig, listeners: Listeners) -> Result<Running, HostError> {
+    let (ends_tx, ends) = mpsc::unbounded_channel();
+    let host = SessionHost::start(
+        config,
+        Uuid::new_v4(),
+        LEASE_NAME.to_string(),
+        ends_tx,
+        listeners.passphrase,
+    )
+    .await?;
     if let Some(path) = &listeners.socket {
-        server::listen_unix(path, conns.clone(), stop.clone())?;
+        server::listen_unix(path, host.conns.clone(), host.stop.clone())?;
         tracing::info!(socket = %path.display(), "serving on Unix socket");
     }
     let mut tcp_addr = None;
     if let Some(addr) = &listeners.tcp {
-        let bound = server::listen_tcp(addr, listeners.tls, conns.clone(), stop.clone()).await?;
+        let bound =
+            server::listen_tcp(addr, listeners.tls, host.conns.clone(), host.stop.clone()).await?;
         tracing::info!(address = %bound, "serving on TCP");
         tcp_addr = Some(bound);
     }
     Ok(Running {
         tcp_addr,
-        conns,
-        session,
-        server,
+        host,
+        ends,
     })
 }
 
-impl Running {
-    /// Waits for the server to stop, then closes the drivers.
-    pub async fn finish(self) {
-        let _ = self.server.await;
-        self.session.tree.close().await;
-        tracing::info!("stopped");
-    }
-}
-
-/// Runs until told to stop.
+/// Runs until told to stop; a stop after the lease is a stop now, as the standalone session
+/// is the only lease.
 pub async fn run(
     config: ExporterConfig,
     listeners: Listeners,
     stop: Stop,
-) -> Result<(), StandaloneError> {
-    let now = stop.now.clone();
-    let running = start(&config, listeners, now.clone()).await?;
+) -> Result<Exit, HostError> {
+    let mut running = start(&config, listeners).await?;
+    let plan = HookPlan {
+        before: config.hooks.before_lease.as_ref().map(|h| h.on_failure),
+        after: config.hooks.after_lease.as_ref().map(|h| h.on_failure),
+        standalone: true,
+    };
+    let mut machine = Machine {
+        config: &config,
+        lifecycle: Lifecycle::new(plan),
+        host: &running.host,
+        done: mpsc::unbounded_channel(),
+        exit: Exit::Clean,
+        stop: stop.clone(),
+    };
+    machine.handle(Event::Status {
+        leased: true,
+        lease_name: Some(LEASE_NAME.to_string()),
+        client_name: None,
+    });
     systemd::ready(&match running.tcp_addr {
         Some(addr) => format!("serving standalone on {addr}"),
         None => "serving standalone".to_string(),
     });
-    // The standalone session is the only lease, so stopping after it means stopping now.
-    tokio::select! {
-        _ = stop.now.cancelled() => {}
-        _ = stop.after_lease.cancelled() => now.cancel(),
+    loop {
+        tokio::select! {
+            _ = stop.now.cancelled() => break,
+            _ = stop.after_lease.cancelled() => break,
+            Some(_) = running.ends.recv() => machine.handle(Event::EndSession),
+            Some(event) = machine.done.1.recv() => machine.handle(event),
+        }
     }
     systemd::stopping();
-    running.finish().await;
-    Ok(())
+    // The afterLease hook still runs, with the session up.
+    machine.handle(Event::Shutdown);
+    let budget = config
+        .hooks
+        .after_lease
+        .as_ref()
+        .map_or(Duration::ZERO, |h| h.timeout)
+        + config
+            .hooks
+            .before_lease
+            .as_ref()
+            .map_or(Duration::ZERO, |h| h.timeout)
+        + hooks::KILL_GRACE * 2
+        + Duration::from_secs(5);
+    let _ = tokio::time::timeout(budget, async {
+        while machine.lifecycle.busy() {
+            match machine.done.1.recv().await {
+                Some(event) => machine.handle(event),
+                None => break,
+            }
+        }
+    })
+    .await;
+    let exit = machine.exit;
+    running.host.end().await;
+    tracing::info!("stopped");
+    Ok(exit)
+}
+
+/// Carries out the lifecycle's effects for the standalone session.
+struct Machine<'a> {
+    config: &'a ExporterConfig,
+    lifecycle: Lifecycle,
+    host: &'a SessionHost,
+    done: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    exit: Exit,
+    stop: Stop,
+}
+
+impl Machine<'_> {
+    fn handle(&mut self, event: Event) {
+        for effect in self.lifecycle.next(event) {
+            match effect {
+                Effect::Report { status, message } => {
+                    self.host.session.set_status(status, &message)
+                }
+                Effect::RunHook { kind } => {
+                    let hook = match kind {
+                        HookKind::BeforeLease => self.config.hooks.before_lease.clone(),
+                        HookKind::AfterLease => self.config.hooks.after_lease.clone(),
+                    };
+                    let (ctx, done) = (self.host.hook_context(""), self.done.0.clone());
+                    tokio::spawn(async move {
+                        let result = match &hook {
+                            Some(hook) => hooks::run(hook, kind, &ctx)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            None => Ok(()),
+                        };
+                        let _ = done.send(Event::HookDone(kind, result));
+                    });
+                }
+                // Without a controller a release only marks the session's lease ended.
+                Effect::Release { .. } => {
+                    let _ = self.done.0.send(Event::Released);
+                }
+                Effect::ExitAfterLease => {
+                    self.exit = Exit::HookFailure;
+                    self.stop.now.cancel();
+                }
+                // The process is the session: it is served until the process stops, and
+                // there is no Listen stream or gate; clients connect directly.
+                Effect::StartSession { .. }
+                | Effect::OpenListen { .. }
+                | Effect::OpenGate
+                | Effect::EndSession { .. } => {}
+            }
+        }
+    }
 }
 
 /// The driver tree as `check` prints it: names, types and client labels.
 pub fn describe_tree(config: &ExporterConfig) -> String {
+    use crate::config::{resolve, Entry, EntryKind};
+    use std::fmt::Write as _;
     fn walk(config: &ExporterConfig, entries: &[Entry], depth: usize, out: &mut String) {
         for e in entries {
             let indent = "  ".repeat(depth);

@@ -33,16 +33,14 @@ async fn channel_over(io: tokio::io::DuplexStream) -> Channel {
 #[tokio::test]
 async fn a_client_connection_through_the_router_reaches_the_session() {
     let loaded = config::load(&exporter::config("demo.yaml")).unwrap();
-    let stop = CancellationToken::new();
     let none = Listeners {
         socket: None,
         tcp: None,
         tls: None,
         passphrase: None,
     };
-    let running = standalone::start(&loaded.config, none, stop.clone())
-        .await
-        .unwrap();
+    let running = standalone::start(&loaded.config, none).await.unwrap();
+    let stop = running.host.stop.clone();
     let router_addr = router::start().await;
     let router = Endpoint::from_shared(format!("http://{router_addr}"))
         .unwrap()
@@ -50,7 +48,7 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
 
     // The exporter's end arrives first, as it does when the controller hands it the token.
     let exporter_end = tokio::spawn({
-        let (router, conns, stop) = (router.clone(), running.conns.clone(), stop.clone());
+        let (router, conns, stop) = (router.clone(), running.host.conns.clone(), stop.clone());
         async move { tunnel::run(router, "token-1", &conns, stop).await }
     });
     let (client_io, bridge_io) = tokio::io::duplex(64 * 1024);
@@ -138,7 +136,7 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
     // A connection that the client opens and closes at once (as `jmp shell` probes its
     // listener): both tunnel ends finish by themselves and the session stays up.
     let probe_exporter_end = tokio::spawn({
-        let (router, conns, stop) = (router.clone(), running.conns.clone(), stop.clone());
+        let (router, conns, stop) = (router.clone(), running.host.conns.clone(), stop.clone());
         async move { tunnel::run(router, "token-2", &conns, stop).await }
     });
     let (mut probe, probe_io) = tokio::io::duplex(1024);
@@ -178,7 +176,7 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
             .unwrap()
             .unwrap();
     }
-    running.finish().await;
+    running.host.end().await;
 }
 
 use futures::StreamExt as _;
