@@ -8,12 +8,12 @@
 //! a reconnect (capped, jittered backoff, then Register and Status again), never the process,
 //! and an active lease's session and tunnels stay up meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
@@ -459,6 +459,8 @@ impl Runner {
                 self.end_lease(&name).await;
             }
         }
+        // The end-of-lease reports go out before OFFLINE says goodbye.
+        self.reporter.flush(Duration::from_secs(3)).await;
         self.reporter.stop().await;
         if registered {
             self.goodbye().await;
@@ -632,87 +634,111 @@ async fn listen(
     }
 }
 
-/// Sends status reports in the background, newest wins: a report still waiting when a newer
-/// one arrives is replaced. Transient failures are retried; an older controller that lacks
-/// ReportStatus is noted once.
+/// Reports kept while the controller is unreachable; older ones are dropped beyond this, as
+/// only the latest status matters to a controller that comes back.
+const PENDING_REPORTS: usize = 8;
+
+/// Sends status reports in the background, in order. Transient failures are retried; while
+/// they last, reports pile up to [`PENDING_REPORTS`] and the oldest give way to newer ones.
+/// An older controller that lacks ReportStatus is noted once.
+/// Reports waiting to be sent, and the bell rung when one is added.
+type ReportQueue = Arc<(Mutex<VecDeque<(ExporterStatus, String)>>, Notify)>;
+
 struct Reporter {
-    tx: watch::Sender<Option<(ExporterStatus, String)>>,
+    queue: ReportQueue,
     task: JoinHandle<()>,
     stop: CancellationToken,
 }
 
 impl Reporter {
-    fn spawn(link: Arc<Link>, parent: CancellationToken) -> Self {
-        let (tx, mut rx) = watch::channel::<Option<(ExporterStatus, String)>>(None);
-        let stop = parent.child_token();
-        let task_stop = stop.clone();
+    fn spawn(link: Arc<Link>, stop: CancellationToken) -> Self {
+        let queue: ReportQueue = Arc::default();
+        let (task_queue, task_stop) = (queue.clone(), stop.clone());
         let task = tokio::spawn(async move {
             let mut told_unimplemented = false;
-            let mut pending: Option<(ExporterStatus, String)> = None;
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
             loop {
-                let Some((status, message)) = pending.take() else {
+                let next = task_queue.0.lock().ok().and_then(|q| q.front().cloned());
+                let Some((status, message)) = next else {
                     tokio::select! {
                         _ = task_stop.cancelled() => return,
-                        changed = rx.changed() => if changed.is_err() { return },
+                        _ = task_queue.1.notified() => continue,
                     }
-                    pending = rx.borrow_and_update().clone();
-                    continue;
                 };
-                let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-                loop {
-                    let mut request = link.identity.request(ReportStatusRequest {
-                        status: status as i32,
-                        message: Some(message.clone()),
-                        release_lease: None,
-                    });
-                    request.set_timeout(CALL_DEADLINE);
-                    let mut client = link.controller.clone();
-                    let sent = tokio::select! {
-                        _ = task_stop.cancelled() => return,
-                        r = client.report_status(request) => r,
-                    };
-                    let error = match sent {
-                        Ok(_) => {
-                            tracing::debug!(status = status_name(status), "status reported");
-                            break;
-                        }
-                        Err(e) if e.code() == Code::Unimplemented => {
-                            if !told_unimplemented {
-                                tracing::info!("the controller does not take ReportStatus (an older controller); statuses stay local");
-                                told_unimplemented = true;
-                            }
-                            break;
-                        }
-                        Err(e) => ControllerError::from(e),
-                    };
-                    if !error.is_transient() {
-                        tracing::warn!(status = status_name(status), error = %error, "status report refused");
-                        break;
+                let mut request = link.identity.request(ReportStatusRequest {
+                    status: status as i32,
+                    message: Some(message.clone()),
+                    release_lease: None,
+                });
+                request.set_timeout(CALL_DEADLINE);
+                let mut client = link.controller.clone();
+                let sent = tokio::select! {
+                    _ = task_stop.cancelled() => return,
+                    r = client.report_status(request) => r,
+                };
+                let retry = match sent {
+                    Ok(_) => {
+                        tracing::debug!(status = status_name(status), "status reported");
+                        false
                     }
-                    tracing::debug!(error = %error, "status report failed; retrying");
+                    Err(e) if e.code() == Code::Unimplemented => {
+                        if !told_unimplemented {
+                            tracing::info!("the controller does not take ReportStatus (an older controller); statuses stay local");
+                            told_unimplemented = true;
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        let error = ControllerError::from(e);
+                        if error.is_transient() {
+                            tracing::debug!(error = %error, "status report failed; retrying");
+                            true
+                        } else {
+                            tracing::warn!(status = status_name(status), error = %error, "status report refused");
+                            false
+                        }
+                    }
+                };
+                if retry {
                     let delay = backoff.next_delay();
                     tokio::select! {
                         _ = task_stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
-                        // A newer report replaces this one.
-                        changed = rx.changed() => {
-                            if changed.is_err() { return }
-                            pending = rx.borrow_and_update().clone();
-                            break;
-                        }
+                    }
+                } else {
+                    backoff.reset();
+                    if let Ok(mut q) = task_queue.0.lock() {
+                        q.pop_front();
                     }
                 }
             }
         });
-        Self { tx, task, stop }
+        Self { queue, task, stop }
     }
 
     fn report(&self, status: ExporterStatus, message: String) {
-        self.tx.send_replace(Some((status, message)));
+        if let Ok(mut q) = self.queue.0.lock() {
+            if q.len() == PENDING_REPORTS {
+                q.pop_front();
+            }
+            q.push_back((status, message));
+        }
+        self.queue.1.notify_one();
     }
 
+    /// Stops sending; reports still queued are given up.
     async fn stop(&mut self) {
         self.stop.cancel();
         let _ = (&mut self.task).await;
+    }
+
+    /// Waits up to `budget` for the queued reports to go out.
+    async fn flush(&self, budget: Duration) {
+        let _ = tokio::time::timeout(budget, async {
+            while self.queue.0.lock().map(|q| !q.is_empty()).unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 }

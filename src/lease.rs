@@ -346,7 +346,8 @@ impl Lifecycle {
             // Already under way or done; a lease end only has to close the session after it.
             After::Waiting | After::Running => return,
             After::Done => {
-                if lease.ended {
+                // A release under way finishes the lease when it comes back.
+                if lease.ended && !lease.releasing {
                     let name = lease.name.clone();
                     self.lease = LeaseState::Idle;
                     fx.push(Effect::EndSession { lease: name });
@@ -356,6 +357,11 @@ impl Lifecycle {
         }
         if lease.before == Before::Running {
             lease.after = After::Waiting;
+            return;
+        }
+        if lease.releasing {
+            // beforeLease failed with endLease and its release is under way; the lease ends
+            // when the release comes back.
             return;
         }
         let runs_hook = plan.after.is_some()
@@ -649,6 +655,32 @@ mod tests {
             vec![report(Available, RELEASED_MESSAGE), end("l")]
         );
         assert_eq!(l.next(unleased()), vec![], "already gone locally");
+    }
+
+    #[test]
+    fn the_controller_ending_the_lease_during_a_release_waits_for_the_release() {
+        let mut l = hooks(None, Some(OnFailure::Warn));
+        l.next(leased("l"));
+        l.next(Event::EndSession);
+        l.next(Event::HookDone(HookKind::AfterLease, Ok(())));
+        assert_eq!(l.next(unleased()), vec![], "the release answers first");
+        assert_eq!(
+            l.next(Event::Released),
+            vec![report(Available, RELEASED_MESSAGE), end("l")]
+        );
+
+        let mut failed_before = hooks(Some(OnFailure::EndLease), None);
+        failed_before.next(leased("l"));
+        failed_before.next(failed(HookKind::BeforeLease));
+        assert_eq!(failed_before.next(unleased()), vec![]);
+        assert_eq!(
+            failed_before.next(Event::Released),
+            vec![
+                report(Available, RELEASED_MESSAGE),
+                end("l"),
+                report(Available, AVAILABLE_MESSAGE)
+            ]
+        );
     }
 
     #[test]

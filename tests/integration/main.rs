@@ -7,6 +7,7 @@ mod cli;
 mod controller;
 mod descriptors;
 mod faults;
+mod hooks;
 mod python_client;
 mod systemd;
 mod tunnel;

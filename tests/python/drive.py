@@ -135,6 +135,28 @@ def session_rpcs(host):
     }
 
 
+def end_session(host):
+    """EndSession, then GetStatus polling until AVAILABLE, as `jmp shell` does at its end."""
+    import time
+
+    import grpc
+    from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
+
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(grpc.insecure_channel(f"unix://{host}"))
+    ended = stub.EndSession(jumpstarter_pb2.EndSessionRequest(), timeout=10)
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = stub.GetStatus(jumpstarter_pb2.GetStatusRequest(), timeout=5)
+        name = common_pb2.ExporterStatus.Name(status.status)
+        if not seen or seen[-1] != [name, status.message]:
+            seen.append([name, status.message])
+        if status.status == common_pb2.EXPORTER_STATUS_AVAILABLE:
+            break
+        time.sleep(0.1)
+    return {"success": ended.success, "statuses": seen}
+
+
 def descriptors(_host):
     """The serialized FileDescriptorProto of every upstream protocol file, base64."""
     import base64
@@ -205,7 +227,7 @@ def lease(_host):
             }
 
 
-RAW = {"session_rpcs": session_rpcs, "lease": lease, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
+RAW = {"session_rpcs": session_rpcs, "end_session": end_session, "lease": lease, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ pub fn command(program: &str) -> Command {
     cmd.env("PATH", format!("{}:{path}", bin.display()));
     cmd.env("JMP_DRIVERS_ALLOW", "jumpstarter_driver_*");
     cmd.env("PYTHONUNBUFFERED", "1");
+    // Plain output: the client's logs are matched as text.
+    cmd.env("NO_COLOR", "1");
     cmd.stdin(std::process::Stdio::null());
     cmd
 }
