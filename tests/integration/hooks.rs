@@ -435,3 +435,55 @@ async fn standalone_runs_before_lease_at_start_and_after_lease_once() {
         "after runs once, not again at shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_lease_runs_after_lease_then_offline_and_unregister() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("after.txt");
+    let hooks = format!(
+        "  afterLease:\n    script: echo \"$LEASE_NAME\" > {}\n",
+        marker.display()
+    );
+    let mut exporter = start(&c, &hooks, dir.path()).await;
+    let lease = c.create_lease().await;
+    expect_reports(&c, &[(LeaseReady, "Ready for commands")]).await;
+    exporter.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || exporter.wait_exit(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("exit after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        format!("{lease}\n")
+    );
+    let events = c.events();
+    let position = |pred: &dyn Fn(&Event) -> bool| events.iter().position(pred);
+    let hook = position(&|e| {
+        matches!(
+            e,
+            Event::ReportStatus {
+                status: AfterLeaseHook,
+                ..
+            }
+        )
+    })
+    .expect("AFTER_LEASE_HOOK");
+    let released = position(&|e| matches!(e, Event::ReleaseLease { .. })).expect("ReleaseLease");
+    let offline = position(&|e| {
+        matches!(
+            e,
+            Event::ReportStatus {
+                status: Offline,
+                ..
+            }
+        )
+    })
+    .expect("OFFLINE");
+    let unregister = position(&|e| matches!(e, Event::Unregister { .. })).expect("Unregister");
+    assert!(
+        hook < released && released < offline && offline < unregister,
+        "{events:#?}"
+    );
+}
