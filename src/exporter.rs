@@ -376,25 +376,19 @@ impl Runner {
         let Some(run) = &self.lease else {
             return;
         };
-        let hook = match kind {
-            HookKind::BeforeLease => self.config.hooks.before_lease.clone(),
-            HookKind::AfterLease => self.config.hooks.after_lease.clone(),
-        };
         let client = match &self.lifecycle.lease {
             LeaseState::Active(lease) => lease.client.clone().unwrap_or_default(),
             LeaseState::Idle => String::new(),
         };
-        let ctx = run.host.hook_context(&client);
         let (lease, done) = (run.name.clone(), self.internal.0.clone());
-        tokio::spawn(async move {
-            let result = match &hook {
-                Some(hook) => hooks::run(hook, kind, &ctx)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Ok(()),
-            };
-            let _ = done.send(Internal::Hook(lease, kind, result));
-        });
+        hooks::spawn(
+            &self.config.hooks,
+            kind,
+            run.host.hook_context(&client),
+            move |result| {
+                let _ = done.send(Internal::Hook(lease, kind, result));
+            },
+        );
     }
 
     /// Asks the controller to end the lease (a second after the hook, as upstream), falling

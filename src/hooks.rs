@@ -18,7 +18,7 @@ use rustix::fs::OFlags;
 use rustix::process::{kill_process_group, Pid, Signal};
 use rustix::pty::OpenptFlags;
 
-use crate::config::Hook;
+use crate::config::{Hook, Hooks};
 use crate::lease::HookKind;
 
 /// Log targets whose records clients get with the hook log sources.
@@ -74,6 +74,27 @@ pub fn command_line(hook: &Hook) -> Option<(OsString, Vec<OsString>)> {
         None => vec![OsString::from("-c"), OsString::from(&hook.script)],
     };
     Some((interpreter, args))
+}
+
+/// Runs the configured hook of `kind` (if any) in the background and hands its outcome, as
+/// the failure text the lease lifecycle reports, to `done`.
+pub fn spawn(
+    hooks: &Hooks,
+    kind: HookKind,
+    ctx: HookContext,
+    done: impl FnOnce(Result<(), String>) + Send + 'static,
+) {
+    let hook = match kind {
+        HookKind::BeforeLease => hooks.before_lease.clone(),
+        HookKind::AfterLease => hooks.after_lease.clone(),
+    };
+    tokio::spawn(async move {
+        let result = match &hook {
+            Some(hook) => run(hook, kind, &ctx).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        done(result);
+    });
 }
 
 /// Runs `hook` to completion (or its timeout) and says how it went.

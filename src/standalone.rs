@@ -15,7 +15,7 @@ use crate::config::{ExporterConfig, Secret};
 use crate::exporter::Exit;
 use crate::hooks;
 use crate::host::{HostError, SessionHost};
-use crate::lease::{Effect, Event, HookKind, HookPlan, Lifecycle};
+use crate::lease::{Effect, Event, HookPlan, Lifecycle};
 use crate::server;
 use crate::signal::Stop;
 use crate::systemd;
@@ -154,20 +154,15 @@ impl Machine<'_> {
                     self.host.session.set_status(status, &message)
                 }
                 Effect::RunHook { kind } => {
-                    let hook = match kind {
-                        HookKind::BeforeLease => self.config.hooks.before_lease.clone(),
-                        HookKind::AfterLease => self.config.hooks.after_lease.clone(),
-                    };
-                    let (ctx, done) = (self.host.hook_context(""), self.done.0.clone());
-                    tokio::spawn(async move {
-                        let result = match &hook {
-                            Some(hook) => hooks::run(hook, kind, &ctx)
-                                .await
-                                .map_err(|e| e.to_string()),
-                            None => Ok(()),
-                        };
-                        let _ = done.send(Event::HookDone(kind, result));
-                    });
+                    let done = self.done.0.clone();
+                    hooks::spawn(
+                        &self.config.hooks,
+                        kind,
+                        self.host.hook_context(""),
+                        move |result| {
+                            let _ = done.send(Event::HookDone(kind, result));
+                        },
+                    );
                 }
                 // Without a controller a release only marks the session's lease ended.
                 Effect::Release { .. } => {

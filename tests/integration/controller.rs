@@ -124,22 +124,7 @@ async fn the_real_client_leases_the_exporter_through_controller_and_router() {
     // The same exporter serves a second lease, this time for `jmp shell` and `j`.
     let client_config = lab.client_config.clone();
     let out = tokio::task::spawn_blocking(move || {
-        let mut shell = python::command("jmp");
-        shell
-            .arg("shell")
-            .arg("--client-config")
-            .arg(&client_config)
-            .args([
-                "-n",
-                "exporter1",
-                "--retry-timeout",
-                "0",
-                "--",
-                "j",
-                "power",
-                "off",
-            ]);
-        python::output_with_timeout(shell, 120)
+        python::jmp_shell(&client_config, &["j", "power", "off"])
     })
     .await
     .unwrap();

@@ -5,15 +5,12 @@
 
 use std::time::Duration;
 
-use jmp_exporter::config::TlsConfig;
-use jmp_exporter::controller::{self, ChannelOptions};
-use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_exporter::proto::ExporterStatus;
-use jmp_exporter::tunnel;
 use jmp_testkit::{Event, FakeController, Options, PausableProxy};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::exporter::Exporter;
+use crate::support::router_client;
 
 const EXPORT: &str = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n";
 
@@ -72,49 +69,6 @@ async fn write_config(
     let path = dir.path().join("exporter.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-/// A client connection to the lease through the fake router, made the way the Python client
-/// does: Dial, then a router stream with the token.
-async fn client_through_router(
-    c: &FakeController,
-    lease: &str,
-    stop: CancellationToken,
-) -> ExporterServiceClient<tonic::transport::Channel> {
-    // A client retries UNAVAILABLE (the exporter's Listen may be reconnecting), as Python's does.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let token = loop {
-        match c.dial(lease).await {
-            Ok((_, token)) => break token,
-            Err(s)
-                if s.code() == tonic::Code::Unavailable
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(s) => panic!("dial: {s:?}"),
-        }
-    };
-    let tls = controller::client_tls(&TlsConfig {
-        ca: c.ca_base64(),
-        insecure: false,
-    })
-    .unwrap();
-    let router = controller::channel(&c.endpoint(), tls, &ChannelOptions::default()).unwrap();
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(async move { tunnel::bridge(router, &token, theirs, stop).await });
-    let io = std::sync::Mutex::new(Some(ours));
-    let channel = tonic::transport::Endpoint::from_static("http://client.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let io = io.lock().unwrap().take();
-            async move {
-                io.map(hyper_util::rt::TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("one connection only"))
-            }
-        }))
-        .await
-        .unwrap();
-    ExporterServiceClient::new(channel)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +152,7 @@ async fn a_router_connection_cut_mid_call_leaks_nothing_and_the_next_client_gets
     let baseline = holdings(pid);
 
     let gone = CancellationToken::new();
-    let mut client = client_through_router(&c, &lease, gone.clone()).await;
+    let mut client = router_client::connect(&c, &lease, gone.clone()).await;
     let logs = client
         .log_stream(())
         .await
@@ -222,7 +176,7 @@ async fn a_router_connection_cut_mid_call_leaks_nothing_and_the_next_client_gets
     );
 
     // The lease goes on: a new client connection works.
-    let mut again = client_through_router(&c, &lease, CancellationToken::new()).await;
+    let mut again = router_client::connect(&c, &lease, CancellationToken::new()).await;
     let report = again.get_report(()).await.expect("GetReport after the cut");
     assert_eq!(report.into_inner().reports.len(), 2);
 }
@@ -261,7 +215,7 @@ async fn a_router_that_stops_answering_is_detected_by_keepalive() {
     let baseline = holdings(pid);
 
     // The client talks to the router directly; only the exporter's side goes through the proxy.
-    let mut client = client_through_router(&c, &lease, CancellationToken::new()).await;
+    let mut client = router_client::connect(&c, &lease, CancellationToken::new()).await;
     client
         .get_report(())
         .await

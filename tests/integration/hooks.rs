@@ -78,24 +78,7 @@ async fn before_lease_runs_j_through_the_hook_socket_before_the_client_gets_in()
     let client_config = dir.path().join("client.yaml");
     std::fs::write(&client_config, c.client_config_yaml()).unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        let mut shell = python::command("jmp");
-        // Wide enough that the client's log lines are not wrapped.
-        shell
-            .env("COLUMNS", "400")
-            .arg("shell")
-            .arg("--client-config")
-            .arg(&client_config)
-            .args([
-                "-n",
-                "exporter1",
-                "--retry-timeout",
-                "0",
-                "--",
-                "j",
-                "power",
-                "read",
-            ]);
-        python::output_with_timeout(shell, 180)
+        python::jmp_shell(&client_config, &["j", "power", "read"])
     })
     .await
     .unwrap();
@@ -319,36 +302,10 @@ async fn on_failure_policies_of_a_failing_after_lease_hook() {
 
 /// Calls EndSession as `jmp shell` does at its end, through the router.
 async fn end_session_through_router(c: &FakeController, lease: &str) {
-    use jmp_exporter::config::TlsConfig;
-    use jmp_exporter::controller::{self, ChannelOptions};
-    use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
-    use jmp_exporter::proto::EndSessionRequest;
-    let (_, token) = c.dial(lease).await.unwrap();
-    let tls = controller::client_tls(&TlsConfig {
-        ca: c.ca_base64(),
-        insecure: false,
-    })
-    .unwrap();
-    let router = controller::channel(&c.endpoint(), tls, &ChannelOptions::default()).unwrap();
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move { jmp_exporter::tunnel::bridge(router, &token, theirs, stop).await }
-    });
-    let io = std::sync::Mutex::new(Some(ours));
-    let channel = tonic::transport::Endpoint::from_static("http://client.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let io = io.lock().unwrap().take();
-            async move {
-                io.map(hyper_util::rt::TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("one connection only"))
-            }
-        }))
-        .await
-        .unwrap();
-    let ended = ExporterServiceClient::new(channel)
-        .end_session(EndSessionRequest {})
+    let mut client = crate::support::router_client::connect(c, lease, stop.clone()).await;
+    let ended = client
+        .end_session(jmp_exporter::proto::EndSessionRequest {})
         .await
         .unwrap()
         .into_inner();

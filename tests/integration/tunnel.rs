@@ -10,25 +10,11 @@ use jmp_exporter::proto::{DriverCallRequest, FrameType, StreamingDriverCallReque
 use jmp_exporter::standalone::{self, Listeners};
 use jmp_exporter::{frame, tunnel};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::support::exporter;
+use crate::support::router_client::channel_over;
 use jmp_testkit::router;
-
-/// A gRPC channel whose one connection is `io`.
-async fn channel_over(io: tokio::io::DuplexStream) -> Channel {
-    let io = std::sync::Mutex::new(Some(io));
-    Endpoint::from_static("http://tunnelled.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let io = io.lock().unwrap().take();
-            async move {
-                io.map(hyper_util::rt::TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("this channel has one connection only"))
-            }
-        }))
-        .await
-        .expect("connect over the tunnel")
-}
 
 #[tokio::test]
 async fn a_client_connection_through_the_router_reaches_the_session() {

@@ -3,3 +3,4 @@
 
 pub mod exporter;
 pub mod python;
+pub mod router_client;

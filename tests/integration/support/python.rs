@@ -120,3 +120,18 @@ pub fn output_with_timeout(mut cmd: Command, secs: u64) -> Output {
     let _ = watchdog.join();
     out
 }
+
+/// `jmp shell --client-config FILE -n exporter1 --retry-timeout 0 -- CMD...`, as a lab user
+/// runs it against the fake controller; blocking, bounded to two minutes.
+pub fn jmp_shell(client_config: &Path, cmd: &[&str]) -> Output {
+    let mut shell = command("jmp");
+    shell
+        // Wide enough that the client's log lines are not wrapped.
+        .env("COLUMNS", "400")
+        .arg("shell")
+        .arg("--client-config")
+        .arg(client_config)
+        .args(["-n", "exporter1", "--retry-timeout", "0", "--"])
+        .args(cmd);
+    output_with_timeout(shell, 180)
+}

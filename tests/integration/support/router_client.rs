@@ -1,0 +1,59 @@
+//! A client of the exporter through the fake controller and router, made the way the Python
+//! client does it (Dial, then a router stream with the token), for tests that need to hold or
+//! cut a connection themselves.
+
+use std::time::Duration;
+
+use jmp_exporter::config::TlsConfig;
+use jmp_exporter::controller::{self, ChannelOptions};
+use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
+use jmp_exporter::tunnel;
+use jmp_testkit::FakeController;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// A gRPC channel whose one and only connection is `io`.
+pub async fn channel_over(io: tokio::io::DuplexStream) -> Channel {
+    let io = std::sync::Mutex::new(Some(io));
+    Endpoint::from_static("http://client.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let io = io.lock().unwrap().take();
+            async move {
+                io.map(hyper_util::rt::TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("this channel has one connection only"))
+            }
+        }))
+        .await
+        .expect("connect over the in-memory pipe")
+}
+
+/// Dials `lease` (retrying UNAVAILABLE, as the Python client does while the exporter's Listen
+/// reconnects) and connects through the router; `stop` ends the client's side of the tunnel.
+pub async fn connect(
+    c: &FakeController,
+    lease: &str,
+    stop: CancellationToken,
+) -> ExporterServiceClient<Channel> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        match c.dial(lease).await {
+            Ok((_, token)) => break token,
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(s) => panic!("dial: {s:?}"),
+        }
+    };
+    let tls = controller::client_tls(&TlsConfig {
+        ca: c.ca_base64(),
+        insecure: false,
+    })
+    .unwrap();
+    let router = controller::channel(&c.endpoint(), tls, &ChannelOptions::default()).unwrap();
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move { tunnel::bridge(router, &token, theirs, stop).await });
+    ExporterServiceClient::new(channel_over(ours).await)
+}
