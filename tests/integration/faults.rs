@@ -10,7 +10,7 @@ use jmp_testkit::{Event, FakeController, Options, PausableProxy};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::exporter::Exporter;
-use crate::support::router_client;
+use jmp_testkit::client as router_client;
 
 const EXPORT: &str = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n";
 

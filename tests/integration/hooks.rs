@@ -303,7 +303,7 @@ async fn on_failure_policies_of_a_failing_after_lease_hook() {
 /// Calls EndSession as `jmp shell` does at its end, through the router.
 async fn end_session_through_router(c: &FakeController, lease: &str) {
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut client = crate::support::router_client::connect(c, lease, stop.clone()).await;
+    let mut client = jmp_testkit::client::connect(c, lease, stop.clone()).await;
     let ended = client
         .end_session(jmp_exporter::proto::EndSessionRequest {})
         .await

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use crate::support::exporter;
-use crate::support::router_client::channel_over;
+use jmp_testkit::client::channel_over;
 use jmp_testkit::router;
 
 #[tokio::test]

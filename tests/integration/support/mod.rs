@@ -3,4 +3,3 @@
 
 pub mod exporter;
 pub mod python;
-pub mod router_client;

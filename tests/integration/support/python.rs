@@ -1,56 +1,10 @@
-//! The unchanged upstream Python client, installed from PyPI into a virtualenv under
-//! `target/` the first time a test needs it (pinned in `tests/python-requirements.txt`).
-//! Test processes may run in parallel, so creation is guarded by a file lock.
+//! Running the unchanged upstream Python client from the tests' virtualenv
+//! (`jmp_testkit::python` creates it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn requirements() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python-requirements.txt")
-}
-
-/// The virtualenv's `bin` directory, created on first use.
-pub fn venv_bin() -> PathBuf {
-    let venv = target_dir().join("python-client-0.9.0");
-    let bin = venv.join("bin");
-    let stamp = venv.join(".installed");
-    let wanted = std::fs::read_to_string(requirements()).expect("tests/python-requirements.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return bin;
-    }
-    std::fs::create_dir_all(target_dir()).expect("target dir");
-    let lock = std::fs::File::create(target_dir().join("python-client.lock")).expect("lock file");
-    lock.lock().expect("lock the virtualenv");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        run(Command::new(&python)
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv));
-        run(Command::new(bin.join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(requirements()));
-        std::fs::write(&stamp, &wanted).expect("write stamp");
-    }
-    bin
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use jmp_testkit::python::venv_bin;
 
 /// A command from the virtualenv (`python`, `j`, `jmp`), with a clean client environment.
 pub fn command(program: &str) -> Command {
