@@ -62,9 +62,11 @@ pub async fn bridge<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let bearer: MetadataValue<_> = format!("Bearer {token}")
+    let mut bearer: MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| TunnelError::BadToken)?;
+    // Keeps the token out of HTTP/2 debug logs and the HPACK table.
+    bearer.set_sensitive(true);
     let (from_local, mut to_local) = tokio::io::split(io);
 
     // Resolves once the local side has ended and its GOAWAY is queued (or the call is gone).

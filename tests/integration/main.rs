@@ -9,5 +9,6 @@ mod descriptors;
 mod faults;
 mod hooks;
 mod python_client;
+mod secrets;
 mod systemd;
 mod tunnel;

@@ -18,6 +18,13 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_jmp-exporter")
 }
 
+/// The exporter binary with the test runner's own log filter removed (tests set their own).
+fn base_command() -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env_remove("JMP_EXPORTER_LOG");
+    cmd
+}
+
 pub fn config(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("config")
@@ -34,7 +41,7 @@ impl Exporter {
     pub fn unix_with_env(config: &Path, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("exporter.sock");
-        let mut cmd = Command::new(binary());
+        let mut cmd = base_command();
         cmd.arg("run")
             .arg("--config")
             .arg(config)
@@ -70,8 +77,13 @@ impl Exporter {
 
     /// Serves `config` on plaintext TCP on a free loopback port, with extra arguments.
     pub fn tcp(config: &Path, extra: &[&str]) -> Self {
+        Self::tcp_with_env(config, extra, &[])
+    }
+
+    pub fn tcp_with_env(config: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(binary());
+        let mut cmd = base_command();
+        cmd.envs(envs.iter().copied());
         cmd.arg("run")
             .arg("--config")
             .arg(config)
@@ -87,7 +99,7 @@ impl Exporter {
 
     pub fn controller_with_env(config: &Path, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(binary());
+        let mut cmd = base_command();
         cmd.arg("run").arg("--config").arg(config);
         cmd.envs(envs.iter().copied());
         let exporter = Self::spawn(cmd, dir, None, false);
@@ -100,8 +112,7 @@ impl Exporter {
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir, socket: Option<PathBuf>, tcp: bool) -> Self {
-        cmd.env_remove("JMP_EXPORTER_LOG")
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start jmp-exporter");
