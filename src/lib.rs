@@ -14,6 +14,7 @@ pub mod controller;
 pub mod edge;
 pub mod exporter;
 pub mod frame;
+pub mod fuzzing;
 pub mod hooks;
 pub mod host;
 pub mod lease;
