@@ -69,8 +69,11 @@ pub fn driver_args(data: &[u8]) {
     let _ = jmp_drivers::args::text(method, &args, 0);
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("value", value),
     ("frame", frame),
