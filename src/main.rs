@@ -57,6 +57,20 @@ enum Command {
         #[command(flatten)]
         source: ConfigSource,
     },
+    /// List the hardware a config can name: USB hubs and YKUSH boards, GPIO chips and lines.
+    List {
+        #[arg(value_enum, default_value_t = ListWhat::All)]
+        what: ListWhat,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ListWhat {
+    All,
+    /// Hubs (location, vid:pid, serial, ports, per-port switching, companion, port power) and YKUSH boards.
+    Usb,
+    /// GPIO chips (label, path, line count) and their named lines with offset and consumer.
+    Gpio,
 }
 
 #[derive(Args)]
@@ -94,6 +108,10 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::List { what } => {
+            list(what);
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => match run(args) {
             Ok(code) => code,
             Err(e) => {
@@ -117,6 +135,15 @@ fn load(path: &std::path::Path) -> Option<config::Loaded> {
             eprintln!("{errors}");
             None
         }
+    }
+}
+
+fn list(what: ListWhat) {
+    if matches!(what, ListWhat::All | ListWhat::Usb) {
+        print!("{}", jmp_drivers::usb::list::list_usb());
+    }
+    if matches!(what, ListWhat::All | ListWhat::Gpio) {
+        print!("{}", jmp_drivers::gpio::list_chips());
     }
 }
 

@@ -10,8 +10,10 @@
 
 pub mod args;
 pub mod composite;
+pub mod gpio;
 pub mod mock;
 pub mod serial;
+pub mod usb;
 pub mod yaml;
 
 use async_trait::async_trait;
@@ -132,6 +134,11 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (mock::SYNC_MOCK_POWER, mock::power_spec),
     (mock::ECHO_NETWORK, mock::echo_spec),
     (serial::TYPE, serial::spec),
+    (usb::hub::TYPE, usb::hub::spec),
+    (usb::ykush::TYPE, usb::ykush::spec),
+    (gpio::DIGITAL_OUTPUT, gpio::output_spec),
+    (gpio::DIGITAL_INPUT, gpio::input_spec),
+    (gpio::POWER_SWITCH, gpio::power_switch_spec),
 ];
 
 /// The factory for a `type:` string.

@@ -2,4 +2,5 @@
 //! exporter process.
 
 pub mod exporter;
+pub mod pty;
 pub mod python;

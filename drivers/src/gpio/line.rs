@@ -1,0 +1,288 @@
+//! A requested line as the drivers hold it: the chip request, a description for messages, and
+//! for inputs one task that reads edge events and fans them out to every waiting call.
+//!
+//! Claims are shared within the process by chip and offset. A second session built while the
+//! first still holds the line (the exporter builds a throw-away driver tree to register with the
+//! controller, possibly during a lease) shares the first one's request instead of failing with
+//! "busy"; a different config entry naming the same line is refused, as the kernel would refuse
+//! upstream's second request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::cdev;
+use super::chip::{
+    self, Chip, ChipInfo, Direction, Edge, GpioError, LineInfo, LineRequest, LineSettings,
+};
+use super::config::{LineRef, LineSpec, Role};
+
+/// The consumer name upstream requests lines with; `gpioinfo` shows it.
+pub const CONSUMER: &str = "jumpstarter-gpiod";
+
+/// Edges buffered for waiting calls that have not run yet.
+const FAN_OUT: usize = 256;
+
+type Key = (String, u32);
+
+static CLAIMS: LazyLock<Mutex<HashMap<Key, Weak<Claim>>>> = LazyLock::new(Default::default);
+
+/// One line held for one config entry.
+pub struct Claim {
+    key: Key,
+    entry: String,
+    role: Role,
+    pub chip: ChipInfo,
+    pub info: LineInfo,
+    request: Arc<dyn LineRequest>,
+    /// The settings an output is driven with; `None` until the first reconfigure.
+    output: Mutex<Option<LineSettings>>,
+    template: LineSettings,
+    edges: broadcast::Sender<Edge>,
+    reader: Mutex<Option<Reader>>,
+}
+
+struct Reader {
+    stop: CancellationToken,
+    /// Cancelled when the reader ends, whatever the reason.
+    done: CancellationToken,
+    error: Arc<Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+}
+
+/// What a waiting call listens to.
+pub struct Subscription {
+    pub edges: broadcast::Receiver<Edge>,
+    /// Cancelled if edge events stop arriving (the chip went away).
+    pub stopped: CancellationToken,
+    /// Why edge events stopped, once they have.
+    pub error: Arc<Mutex<Option<String>>>,
+}
+
+impl Claim {
+    /// Opens the chip, finds the line and requests it; outputs as-is (their level untouched
+    /// until [`Claim::drive_initial`]), inputs fully configured with edge detection.
+    pub fn acquire(spec: &LineSpec) -> Result<Arc<Claim>, GpioError> {
+        let (chip, offset) = locate(spec)?;
+        let info = chip.line_info(offset)?;
+        let key = (chip.info().path.clone(), offset);
+        let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = claims.get(&key).and_then(Weak::upgrade) {
+            // Not under the lock: dropping the last reference of a claim takes it.
+            drop(claims);
+            if existing.entry == spec.entry && existing.role == spec.role {
+                return Ok(existing);
+            }
+            return Err(GpioError::UsedByEntry {
+                chip: chip.info().to_string(),
+                line: info.describe(),
+                entry: existing.entry.clone(),
+            });
+        }
+        let template = LineSettings {
+            direction: match spec.role {
+                Role::Input => Direction::Input,
+                Role::Output { initial } => Direction::Output(initial),
+            },
+            active_low: spec.active_low,
+            bias: spec.bias,
+            drive: spec.drive,
+            edges: spec.role == Role::Input,
+        };
+        let first = match spec.role {
+            Role::Input => template,
+            Role::Output { .. } => LineSettings::as_is(spec.active_low),
+        };
+        let request: Arc<dyn LineRequest> = Arc::from(chip.request(offset, &first, CONSUMER)?);
+        let claim = Arc::new(Claim {
+            key: key.clone(),
+            entry: spec.entry.clone(),
+            role: spec.role,
+            chip: chip.info().clone(),
+            info,
+            request,
+            output: Mutex::new(None),
+            template,
+            edges: broadcast::channel(FAN_OUT).0,
+            reader: Mutex::new(None),
+        });
+        claims.insert(key, Arc::downgrade(&claim));
+        Ok(claim)
+    }
+
+    /// `line 17 ("BOARD_RESET") on /dev/gpiochip0 [pinctrl-bcm2711]`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} on {}", self.info.describe(), self.chip)
+    }
+
+    pub fn value(&self) -> Result<bool, GpioError> {
+        self.request.value()
+    }
+
+    /// Makes the line an output driving its initial value. A line already driving that
+    /// value does not change level: the request was made as-is and is only reconfigured.
+    pub fn drive_initial(&self) -> Result<(), GpioError> {
+        let Direction::Output(initial) = self.template.direction else {
+            return Ok(());
+        };
+        self.configure_output(initial)
+    }
+
+    /// Sets an output's logical value.
+    pub fn set(&self, active: bool) -> Result<(), GpioError> {
+        let configured = self.output.lock().map(|o| o.is_some()).unwrap_or(false);
+        if configured {
+            self.request.set_value(active)
+        } else {
+            self.configure_output(active)
+        }
+    }
+
+    fn configure_output(&self, active: bool) -> Result<(), GpioError> {
+        let settings = LineSettings {
+            direction: Direction::Output(active),
+            ..self.template
+        };
+        self.request.reconfigure(&settings)?;
+        if let Ok(mut o) = self.output.lock() {
+            *o = Some(settings);
+        }
+        Ok(())
+    }
+
+    /// Subscribes to this line's edges, starting the reader if it is not running. Edges that
+    /// happen after this call are delivered.
+    pub fn subscribe(&self) -> Subscription {
+        let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let running = reader.as_ref().is_some_and(|r| !r.done.is_cancelled());
+        if !running {
+            *reader = Some(self.start_reader());
+        }
+        let r = reader.as_ref().expect("reader just started");
+        Subscription {
+            edges: self.edges.subscribe(),
+            stopped: r.done.clone(),
+            error: r.error.clone(),
+        }
+    }
+
+    /// How many calls are subscribed to this line's edges right now.
+    #[cfg(test)]
+    pub fn waiters(&self) -> usize {
+        self.edges.receiver_count()
+    }
+
+    /// Starts reading edges in the background (an input's session start does this, so the
+    /// kernel queue never holds stale edges when a call starts waiting).
+    pub fn start_edges(&self) {
+        drop(self.subscribe());
+    }
+
+    fn start_reader(&self) -> Reader {
+        let stop = CancellationToken::new();
+        let done = CancellationToken::new();
+        let error = Arc::new(Mutex::new(None));
+        let request = self.request.clone();
+        let tx = self.edges.clone();
+        let described = self.describe();
+        let task = tokio::spawn({
+            let (stop, done, error) = (stop.clone(), done.clone(), error.clone());
+            async move {
+                let _done = done.drop_guard();
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        next = request.next_edge() => next,
+                    };
+                    match next {
+                        // No subscriber is fine: nobody is waiting right now.
+                        Ok(edge) => {
+                            let _ = tx.send(edge);
+                        }
+                        Err(e) => {
+                            tracing::warn!(line = %described, error = %e, "edge events stopped");
+                            if let Ok(mut slot) = error.lock() {
+                                *slot = Some(e.to_string());
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Reader {
+            stop,
+            done,
+            error,
+            task,
+        }
+    }
+
+    /// Ends a holder's use of the claim. The last holder also stops the edge reader and waits
+    /// for it, so the line is released before this returns.
+    pub async fn release(self: Arc<Self>) {
+        if Arc::strong_count(&self) == 1 {
+            let reader = self.reader.lock().ok().and_then(|mut r| r.take());
+            if let Some(r) = reader {
+                r.stop.cancel();
+                let _ = r.task.await;
+            }
+        }
+        drop(self);
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut reader) = self.reader.lock() {
+            if let Some(r) = reader.take() {
+                r.stop.cancel();
+                r.task.abort();
+            }
+        }
+        let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
+        if claims.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            claims.remove(&self.key);
+        }
+    }
+}
+
+/// The chip and offset a spec names.
+fn locate(spec: &LineSpec) -> Result<(Box<dyn Chip>, u32), GpioError> {
+    match (&spec.chip, &spec.line) {
+        (Some(c), LineRef::Offset(offset)) => {
+            let chip = chip::open(c)?;
+            let n = chip.info().num_lines;
+            if *offset >= n {
+                return Err(GpioError::NoSuchLine {
+                    chip: chip.info().to_string(),
+                    offset: *offset,
+                    num_lines: n,
+                });
+            }
+            Ok((chip, *offset))
+        }
+        (Some(c), LineRef::Name(name)) => {
+            let chip = chip::open(c)?;
+            match chip.find_line(name)? {
+                Some(offset) => Ok((chip, offset)),
+                None => Err(GpioError::NoNamedLine {
+                    name: name.clone(),
+                    searched: chip.info().to_string(),
+                }),
+            }
+        }
+        (None, LineRef::Name(name)) => {
+            let (chip, offset) = cdev::find_named_line(name)?;
+            Ok((Box::new(chip), offset))
+        }
+        (None, LineRef::Offset(offset)) => {
+            let chip = chip::open(&chip::ChipRef::Path(super::config::DEFAULT_DEVICE.into()))?;
+            Ok((chip, *offset))
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The upstream gpiod driver family on the Linux GPIO character device: `DigitalOutput`,
+//! `DigitalInput` and `PowerSwitch`, with upstream's config keys, methods, results and error
+//! classes, so the unchanged Python clients (`DigitalOutputClient`, `DigitalInputClient`,
+//! `PowerClient`) work against them.
+//!
+//! Layout: [`config`] reads and checks the `config:` keys; [`chip`] is the seam to a GPIO chip,
+//! implemented by [`cdev`] (the kernel) and [`mock`] (the in-memory fake, `mock://NAME`);
+//! `line` holds requested lines and fans edge events out to waiting calls; [`list`] is what
+//! `jmp-exporter list gpio` prints. This module owns the drivers only.
+//!
+//! ## Contract kept from upstream
+//! - Lines are requested with consumer `jumpstarter-gpiod` when a driver is built (each
+//!   session) and released when the session closes; a busy or missing line fails the build.
+//! - Outputs go to `initial_value` when every session starts. Unlike a fresh output request,
+//!   this never glitches a line already at that value: the line is requested as-is and then
+//!   reconfigured as an output driving the initial value.
+//! - `read_pin` returns the logical value, 1 (active) or 0 (inactive).
+//! - `wait_for_active` / `wait_for_inactive` return at once if the line is already there, else
+//!   wait for the edge; `wait_for_edge` waits for the next `"rising"` or `"falling"` edge (any
+//!   other `edge_type` is INVALID_ARGUMENT). Timeouts are seconds; null, and 0 (upstream's
+//!   `timeout or 1e9`), mean no limit. Expiry is DEADLINE_EXCEEDED `Timed out waiting for line
+//!   <line> edge event`.
+//! - `PowerSwitch` reports `PowerClient`; its `read` stream is UNIMPLEMENTED; `mode` is
+//!   accepted and unused (`drive` decides).
+//!
+//! ## Our behaviour where upstream's is accidental
+//! - Only edges after a wait starts count; upstream also matched edges still queued in the
+//!   kernel from before the call.
+//! - Waits are event-driven: one task per input line reads edges and wakes the waiting calls;
+//!   an idle wait is a parked future. A wait whose client goes away is dropped with its call.
+//!
+//! ## Our extensions
+//! - `line:` may be a line name; without `device:` it is looked up on every chip.
+//! - `device:` may be a chip name (`gpiochip0`) or label (`pinctrl-bcm2711`), or `mock://NAME`.
+
+pub mod cdev;
+pub mod chip;
+pub mod config;
+mod line;
+pub mod list;
+pub mod mock;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use self::chip::EdgeKind;
+use self::config::LineSpec;
+use self::line::Claim;
+use crate::yaml::{self, Node};
+use crate::{args, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+
+pub use self::line::CONSUMER;
+pub use self::list::list_chips;
+
+pub const DIGITAL_OUTPUT: &str = "jumpstarter_driver_gpiod.driver.DigitalOutput";
+pub const DIGITAL_INPUT: &str = "jumpstarter_driver_gpiod.driver.DigitalInput";
+pub const POWER_SWITCH: &str = "jumpstarter_driver_gpiod.driver.PowerSwitch";
+pub const OUTPUT_CLIENT: &str = "jumpstarter_driver_gpiod.client.DigitalOutputClient";
+pub const INPUT_CLIENT: &str = "jumpstarter_driver_gpiod.client.DigitalInputClient";
+
+/// Which of the three drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    DigitalOutput,
+    DigitalInput,
+    PowerSwitch,
+}
+
+pub fn output_spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    spec(Kind::DigitalOutput, config::output(node, path)?)
+}
+
+pub fn input_spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    spec(Kind::DigitalInput, config::input(node, path)?)
+}
+
+pub fn power_switch_spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    spec(Kind::PowerSwitch, config::power_switch(node, path)?)
+}
+
+fn spec(kind: Kind, line: LineSpec) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    Ok(Box::new(GpioSpec {
+        kind,
+        line: Arc::new(line),
+    }))
+}
+
+/// A gpiod entry's checked config.
+pub struct GpioSpec {
+    pub kind: Kind,
+    pub line: Arc<LineSpec>,
+}
+
+impl DriverSpec for GpioSpec {
+    fn client(&self) -> &'static str {
+        match self.kind {
+            Kind::DigitalOutput => OUTPUT_CLIENT,
+            Kind::DigitalInput => INPUT_CLIENT,
+            Kind::PowerSwitch => crate::POWER_CLIENT,
+        }
+    }
+
+    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
+        Ok(Box::new(GpioLine::open(self.kind, self.line.clone())?))
+    }
+}
+
+/// One of the three drivers, holding its line for one session.
+pub struct GpioLine {
+    kind: Kind,
+    spec: Arc<LineSpec>,
+    claim: Mutex<Option<Arc<Claim>>>,
+    /// Cancelled at session end; ends every wait still running.
+    closed: CancellationToken,
+}
+
+impl GpioLine {
+    /// Requests the line (see [`Claim::acquire`]).
+    pub fn open(kind: Kind, spec: Arc<LineSpec>) -> Result<Self, DriverError> {
+        let claim = Claim::acquire(&spec)?;
+        tracing::debug!(line = %claim.describe(), entry = %spec.entry, "GPIO line requested");
+        Ok(Self {
+            kind,
+            spec,
+            claim: Mutex::new(Some(claim)),
+            closed: CancellationToken::new(),
+        })
+    }
+
+    fn claim(&self) -> Result<Arc<Claim>, DriverError> {
+        self.claim
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(|| {
+                DriverError::Failed(format!(
+                    "GPIO line {} was released at the end of the session",
+                    self.spec.line
+                ))
+            })
+    }
+
+    fn set(&self, method: &str, active: bool) -> Result<Json, DriverError> {
+        let claim = self.claim()?;
+        claim.set(active)?;
+        tracing::info!(
+            "line {} ({}) {method}() -> pin reads: {}",
+            self.spec.line,
+            claim.info.name,
+            state(claim.value()?)
+        );
+        Ok(Json::Null)
+    }
+
+    async fn wait(
+        &self,
+        method: &'static str,
+        kind: EdgeKind,
+        target: Option<bool>,
+        timeout: Option<Duration>,
+    ) -> Result<Json, DriverError> {
+        let claim = self.claim()?;
+        let line::Subscription {
+            mut edges,
+            stopped,
+            error,
+        } = claim.subscribe();
+        // Subscribed first: every edge stamped at or after `start` reaches `edges`.
+        let start = chip::now_ns();
+        if let Some(t) = target {
+            if claim.value()? == t {
+                return Ok(Json::Null);
+            }
+        }
+        let timed_out = || {
+            DriverError::Timeout(format!(
+                "Timed out waiting for line {} edge event",
+                self.spec.line
+            ))
+        };
+        if timeout == Some(Duration::ZERO) {
+            return Err(timed_out());
+        }
+        let described = claim.describe();
+        // Hold no strong reference while parked: the session's close must be able to release
+        // the line.
+        let weak = Arc::downgrade(&claim);
+        drop(claim);
+        let log = WaitLog::start(&described, method, kind);
+        let edge = async {
+            loop {
+                match edges.recv().await {
+                    Ok(e) if e.kind == kind && e.timestamp_ns >= start => return Ok(()),
+                    Ok(_) => {}
+                    // Too many edges to keep up with: the level tells a level wait enough.
+                    Err(RecvError::Lagged(_)) => {
+                        if let (Some(t), Some(c)) = (target, weak.upgrade()) {
+                            if c.value()? == t {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return Err(stopped_error(&described, &error)),
+                }
+            }
+        };
+        let deadline = async {
+            match timeout {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = edge => r,
+            () = deadline => Err(timed_out()),
+            () = self.closed.cancelled() => Err(DriverError::Failed(format!(
+                "{described}: the session ended while {method} was waiting"
+            ))),
+            () = stopped.cancelled() => Err(stopped_error(&described, &error)),
+        };
+        log.finish(&result);
+        result.map(|()| Json::Null)
+    }
+}
+
+fn stopped_error(described: &str, error: &Arc<Mutex<Option<String>>>) -> DriverError {
+    let why = error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_else(|| "edge events stopped".into());
+    DriverError::Failed(format!("{described}: {why}"))
+}
+
+/// Logs a wait at info level, and its end; a wait dropped before it ended (its client went
+/// away) says so.
+struct WaitLog {
+    what: String,
+    ended: bool,
+}
+
+impl WaitLog {
+    fn start(described: &str, method: &str, kind: EdgeKind) -> Self {
+        let what = format!(
+            "{described}: {method} (waiting for a {} edge)",
+            edge_name(kind)
+        );
+        tracing::info!("{what}: started");
+        Self { what, ended: false }
+    }
+
+    fn finish(mut self, result: &Result<(), DriverError>) {
+        self.ended = true;
+        match result {
+            Ok(()) => tracing::info!("{}: done", self.what),
+            Err(e) => tracing::info!("{}: {e}", self.what),
+        }
+    }
+}
+
+impl Drop for WaitLog {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::info!("{}: cancelled, the client went away", self.what);
+        }
+    }
+}
+
+fn edge_name(kind: EdgeKind) -> &'static str {
+    match kind {
+        EdgeKind::Rising => "rising",
+        EdgeKind::Falling => "falling",
+    }
+}
+
+/// How upstream prints a `PinState`.
+fn state(active: bool) -> &'static str {
+    if active {
+        "active"
+    } else {
+        "inactive"
+    }
+}
+
+/// Fails unless `args` has between `min` and `max` entries.
+fn count_between(method: &str, args: &[Json], min: usize, max: usize) -> Result<(), DriverError> {
+    if (min..=max).contains(&args.len()) {
+        Ok(())
+    } else {
+        Err(DriverError::InvalidArgument(format!(
+            "{method}() takes {min} or {max} arguments, got {}",
+            args.len()
+        )))
+    }
+}
+
+/// A wait's timeout, upstream's way: null and 0 mean no limit (`timeout or 1e9`), a negative
+/// one has already expired, and one too long to represent is no limit either.
+fn timeout_arg(method: &str, args: &[Json], index: usize) -> Result<Option<Duration>, DriverError> {
+    Ok(match args::optional_number(method, args, index)? {
+        None => None,
+        Some(0.0) => None,
+        Some(t) if t < 0.0 => Some(Duration::ZERO),
+        Some(t) => Duration::try_from_secs_f64(t).ok(),
+    })
+}
+
+#[async_trait]
+impl Driver for GpioLine {
+    fn method(&self, name: &str) -> Option<MethodKind> {
+        match (self.kind, name) {
+            (Kind::DigitalInput, "read_pin" | "wait_for_active" | "wait_for_inactive")
+            | (Kind::DigitalInput, "wait_for_edge")
+            | (Kind::DigitalOutput | Kind::PowerSwitch, "on" | "off" | "read_pin") => {
+                Some(MethodKind::Call)
+            }
+            (Kind::PowerSwitch, "read") => Some(MethodKind::Streaming),
+            _ => None,
+        }
+    }
+
+    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
+        match method {
+            "on" | "off" => {
+                args::expect_count(method, &args, 0)?;
+                self.set(method, method == "on")
+            }
+            "read_pin" => {
+                args::expect_count(method, &args, 0)?;
+                Ok(json!(u8::from(self.claim()?.value()?)))
+            }
+            "wait_for_active" => {
+                count_between(method, &args, 0, 1)?;
+                let timeout = timeout_arg(method, &args, 0)?;
+                self.wait("wait_for_active", EdgeKind::Rising, Some(true), timeout)
+                    .await
+            }
+            "wait_for_inactive" => {
+                count_between(method, &args, 0, 1)?;
+                let timeout = timeout_arg(method, &args, 0)?;
+                self.wait("wait_for_inactive", EdgeKind::Falling, Some(false), timeout)
+                    .await
+            }
+            "wait_for_edge" => {
+                count_between(method, &args, 1, 2)?;
+                let kind = match &args[0] {
+                    Json::String(s) if s == "rising" => EdgeKind::Rising,
+                    Json::String(s) if s == "falling" => EdgeKind::Falling,
+                    other => {
+                        let shown = match other {
+                            Json::String(s) => s.clone(),
+                            v => v.to_string(),
+                        };
+                        return Err(DriverError::InvalidArgument(format!(
+                            "Invalid edge type: {shown}, must be one of: rising, falling"
+                        )));
+                    }
+                };
+                let timeout = timeout_arg(method, &args, 1)?;
+                self.wait("wait_for_edge", kind, None, timeout).await
+            }
+            _ => Err(DriverError::NotImplemented(format!(
+                "{method} is not a method of this driver"
+            ))),
+        }
+    }
+
+    async fn streaming_call(
+        &self,
+        method: &str,
+        _args: Vec<Json>,
+    ) -> Result<ResultStream, DriverError> {
+        Err(DriverError::NotImplemented(format!(
+            "{method}: a GPIO power switch has no power readings"
+        )))
+    }
+
+    async fn reset(&self) -> Result<(), DriverError> {
+        let claim = self.claim()?;
+        match self.kind {
+            Kind::DigitalInput => claim.start_edges(),
+            Kind::DigitalOutput | Kind::PowerSwitch => {
+                claim.drive_initial()?;
+                tracing::debug!(line = %claim.describe(), "GPIO output at its initial value");
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.closed.cancel();
+        let claim = self.claim.lock().ok().and_then(|mut c| c.take());
+        if let Some(claim) = claim {
+            claim.release().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

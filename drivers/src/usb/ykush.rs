@@ -1,0 +1,546 @@
+//! Yepkit YKUSH (`jumpstarter_driver_yepkit.driver.Ykush`): upstream's config and behaviour,
+//! except that `read` is a streaming call answering UNIMPLEMENTED (upstream exports it as a
+//! plain call, so the client's `read()` gets NOT_FOUND).
+//!
+//! The board is found when each session's driver is built, as upstream does in its
+//! constructor (no board: `failed to find ykush device`); each command then opens it again by
+//! serial, claims interface 0 (taking it from usbhid meanwhile), writes one 64-byte report
+//! whose byte 0 is the command to the OUT endpoint and reads the 64-byte answer from the IN
+//! endpoint, 2 s each. The answer is not interpreted, as upstream.
+//!
+//! ## Config
+//! ```yaml
+//! type: jumpstarter_driver_yepkit.driver.Ykush
+//! config:
+//!   serial: "YK25838"   # none: the first board found (with a warning)
+//!   port: "1"           # "1" | "2" | "3" | "all" (default)
+//!   default: "off"      # off (default) | on | keep, applied at each session start
+//!   # fake:            # test and demo aid (not upstream): a simulated board at 1-2
+//!   #   fault: denied   # denied | gone, to rehearse those failures
+//!   #   log: /tmp/ykush.log
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::fake::{FakeDevice, Fault};
+use super::libusb::LibusbBus;
+use super::sysfs::{self, Sysfs};
+use super::transport::{DeviceInfo, UsbBus, UsbError};
+use super::{blocking, device_error, Initial};
+use crate::yaml::{self, Node};
+use crate::{args, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+
+pub const TYPE: &str = "jumpstarter_driver_yepkit.driver.Ykush";
+
+pub const VID: u16 = 0x04D8;
+pub const PID: u16 = 0xF2F7;
+
+const REPORT_LEN: usize = 64;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serial used by a fake board when the config names none.
+const FAKE_SERIAL: &str = "YK00000";
+
+/// Two entries may drive the same board; its interface can be claimed by one at a time.
+static BOARD_IO: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+enum Port {
+    #[serde(rename = "1")]
+    One,
+    #[serde(rename = "2")]
+    Two,
+    #[serde(rename = "3")]
+    Three,
+    #[serde(rename = "all")]
+    All,
+}
+
+impl Port {
+    fn name(self) -> &'static str {
+        match self {
+            Port::One => "1",
+            Port::Two => "2",
+            Port::Three => "3",
+            Port::All => "all",
+        }
+    }
+
+    /// The command byte: `0x11`-`0x13`/`0x1A` on, `0x01`-`0x03`/`0x0A` off.
+    fn command(self, on: bool) -> u8 {
+        let low = match self {
+            Port::One => 0x01,
+            Port::Two => 0x02,
+            Port::Three => 0x03,
+            Port::All => 0x0A,
+        };
+        if on {
+            low | 0x10
+        } else {
+            low
+        }
+    }
+}
+
+fn default_port() -> Port {
+    Port::All
+}
+
+fn default_initial() -> Initial {
+    Initial::Off
+}
+
+/// Upstream's keys, plus `fake:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default = "default_port")]
+    port: Port,
+    #[serde(default = "default_initial")]
+    default: Initial,
+    /// Simulated board, for tests and demos.
+    #[serde(default)]
+    fake: Option<FakeConfig>,
+}
+
+/// `fake:`: a simulated YKUSH with the configured serial.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FakeConfig {
+    /// `denied` or `gone`, to rehearse those failures.
+    #[serde(default)]
+    fault: Option<FakeFault>,
+    /// A file each report is appended to, one line each (see [`super::fake`]).
+    #[serde(default)]
+    log: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FakeFault {
+    Denied,
+    Gone,
+}
+
+pub fn spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    Ok(Box::new(parse(node, path)?))
+}
+
+fn parse(node: &Node, path: &str) -> Result<YkushSpec, yaml::Error> {
+    let c: Config = yaml::from_node(node, path)?;
+    let bus: Arc<dyn UsbBus> = match &c.fake {
+        Some(fake) => {
+            let bus = super::fake_log(fake.log.clone());
+            let mut board = FakeDevice::ykush("1-2", c.serial.as_deref().unwrap_or(FAKE_SERIAL));
+            board.fault = fake.fault.map(|f| match f {
+                FakeFault::Denied => Fault::Denied,
+                FakeFault::Gone => Fault::Gone,
+            });
+            bus.add(board);
+            Arc::new(bus)
+        }
+        None => Arc::new(LibusbBus::new(Sysfs::new(sysfs::SYSTEM_ROOT))),
+    };
+    Ok(YkushSpec {
+        serial: c.serial,
+        port: c.port,
+        initial: c.default,
+        bus,
+    })
+}
+
+struct YkushSpec {
+    serial: Option<String>,
+    port: Port,
+    initial: Initial,
+    bus: Arc<dyn UsbBus>,
+}
+
+fn boards(bus: &dyn UsbBus) -> Result<Vec<DeviceInfo>, UsbError> {
+    Ok(bus
+        .devices()?
+        .into_iter()
+        .filter(|d| (d.vendor_id, d.product_id) == (VID, PID))
+        .collect())
+}
+
+impl DriverSpec for YkushSpec {
+    fn client(&self) -> &'static str {
+        crate::POWER_CLIENT
+    }
+
+    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
+        let not_found = |detail: String| {
+            DriverError::Unavailable(format!("failed to find ykush device: {detail}"))
+        };
+        let found = boards(self.bus.as_ref()).map_err(|e| not_found(e.to_string()))?;
+        let board = match &self.serial {
+            Some(serial) => found
+                .iter()
+                .find(|d| d.serial.as_deref() == Some(serial.as_str()))
+                .ok_or_else(|| {
+                    let seen: Vec<String> = found
+                        .iter()
+                        .map(|d| d.serial.clone().unwrap_or_else(|| d.location()))
+                        .collect();
+                    not_found(if seen.is_empty() {
+                        format!("none with serial {serial} is connected")
+                    } else {
+                        format!("none with serial {serial}; found {}", seen.join(", "))
+                    })
+                })?,
+            None => {
+                let board = found
+                    .first()
+                    .ok_or_else(|| not_found(format!("no {VID:04x}:{PID:04x} is connected")))?;
+                tracing::warn!(
+                    "No serial number provided for ykush, using the first one found: {}",
+                    board.serial.as_deref().unwrap_or("(none)")
+                );
+                board
+            }
+        };
+        Ok(Box::new(Ykush {
+            inner: Arc::new(Board {
+                serial: board.serial.clone(),
+                location: board.location(),
+                port: self.port,
+                initial: self.initial,
+                bus: self.bus.clone(),
+            }),
+        }))
+    }
+}
+
+/// The board one session's driver talks to.
+struct Board {
+    serial: Option<String>,
+    /// Where it was found; used to find it again when it has no serial.
+    location: String,
+    port: Port,
+    initial: Initial,
+    bus: Arc<dyn UsbBus>,
+}
+
+impl Board {
+    fn name(&self) -> &str {
+        self.serial.as_deref().unwrap_or(&self.location)
+    }
+
+    fn send(&self, command: u8) -> Result<(), DriverError> {
+        let _one_at_a_time = BOARD_IO.lock().unwrap_or_else(|e| e.into_inner());
+        let what = format!("ykush {}", self.name());
+        let found = boards(self.bus.as_ref()).map_err(|e| device_error(&what, None, e))?;
+        let device = found
+            .iter()
+            .find(|d| match &self.serial {
+                Some(s) => d.serial.as_deref() == Some(s.as_str()),
+                None => d.location() == self.location,
+            })
+            .ok_or_else(|| DriverError::Unavailable(format!("{what} is gone (unplugged?)")))?;
+        let what = format!("ykush {} ({})", self.name(), device.describe());
+        let usb_error = |e: UsbError| device_error(&what, Some(device), e);
+        let mut handle = self.bus.open(device).map_err(usb_error)?;
+        let endpoints = handle.claim_interface(0).map_err(usb_error)?;
+        let (Some(out), Some(input)) = (
+            endpoints.iter().find(|e| !e.is_in()),
+            endpoints.iter().find(|e| e.is_in()),
+        ) else {
+            return Err(DriverError::Failed(format!(
+                "{what}: could not find both IN and OUT endpoints on interface 0"
+            )));
+        };
+        let mut report = [0u8; REPORT_LEN];
+        report[0] = command;
+        handle.write(*out, &report, TIMEOUT).map_err(usb_error)?;
+        handle
+            .read(*input, REPORT_LEN, TIMEOUT)
+            .map_err(usb_error)?;
+        Ok(())
+    }
+}
+
+/// The driver of one session.
+pub struct Ykush {
+    inner: Arc<Board>,
+}
+
+impl Ykush {
+    async fn power(&self, on: bool) -> Result<(), DriverError> {
+        let board = self.inner.clone();
+        tracing::info!(
+            "Power {} for Ykush {} on port {}",
+            if on { "ON" } else { "OFF" },
+            board.serial.as_deref().unwrap_or("None"),
+            board.port.name()
+        );
+        blocking(move || board.send(board.port.command(on))).await
+    }
+}
+
+#[async_trait]
+impl Driver for Ykush {
+    fn method(&self, name: &str) -> Option<MethodKind> {
+        match name {
+            "on" | "off" => Some(MethodKind::Call),
+            "read" => Some(MethodKind::Streaming),
+            _ => None,
+        }
+    }
+
+    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
+        args::expect_count(method, &args, 0)?;
+        match method {
+            "on" => self.power(true).await?,
+            "off" => self.power(false).await?,
+            _ => return Err(DriverError::NotImplemented(method.to_string())),
+        }
+        Ok(Json::Null)
+    }
+
+    async fn streaming_call(
+        &self,
+        method: &str,
+        _args: Vec<Json>,
+    ) -> Result<ResultStream, DriverError> {
+        Err(DriverError::NotImplemented(format!(
+            "{method}: a YKUSH cannot measure voltage or current; this power switch has on and \
+             off only"
+        )))
+    }
+
+    async fn reset(&self) -> Result<(), DriverError> {
+        match self.inner.initial {
+            Initial::Keep => Ok(()),
+            Initial::On => self.power(true).await,
+            Initial::Off => self.power(false).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{FakeBus, Transfer};
+    use super::*;
+
+    fn parse_src(src: &str) -> Result<YkushSpec, yaml::Error> {
+        parse(&yaml::parse(src).unwrap(), "export.power.config")
+    }
+
+    /// A spec from `src` (without `fake:`) over `bus`.
+    fn spec_on(src: &str, bus: &FakeBus) -> YkushSpec {
+        let mut s = parse_src(src).unwrap();
+        s.bus = Arc::new(bus.clone());
+        s
+    }
+
+    fn board(serial: &str, location: &str) -> FakeDevice {
+        FakeDevice::ykush(location, serial)
+    }
+
+    fn report(command: u8) -> Vec<u8> {
+        let mut r = vec![0u8; 64];
+        r[0] = command;
+        r
+    }
+
+    #[test]
+    fn upstream_keys_and_defaults() {
+        let s = parse_src("{}").unwrap();
+        assert_eq!(s.port, Port::All);
+        assert_eq!(
+            s.initial,
+            Initial::Off,
+            "upstream switches off at session start"
+        );
+        assert_eq!(s.serial, None);
+        let s = parse_src("serial: YK25838\nport: \"2\"\ndefault: keep\n").unwrap();
+        assert_eq!((s.port, s.initial), (Port::Two, Initial::Keep));
+        assert_eq!(parse_src("port: 3\n").unwrap().port, Port::Three);
+        let e = parse_src("port: \"4\"\n").err().unwrap();
+        assert_eq!(e.path, "export.power.config.port");
+        assert!(e.message.contains("1, 2, 3, all"), "{e}");
+        let e = parse_src("default: maybe\n").err().unwrap();
+        assert!(e.message.contains("on, off, keep"), "{e}");
+        let e = parse_src("serial: YK1\nports: all\n").err().unwrap();
+        assert!(e.message.contains("unknown field `ports`"), "{e}");
+    }
+
+    #[test]
+    fn command_bytes_are_upstreams() {
+        let all = [Port::One, Port::Two, Port::Three, Port::All];
+        let on: Vec<u8> = all.iter().map(|p| p.command(true)).collect();
+        let off: Vec<u8> = all.iter().map(|p| p.command(false)).collect();
+        assert_eq!(on, [0x11, 0x12, 0x13, 0x1A]);
+        assert_eq!(off, [0x01, 0x02, 0x03, 0x0A]);
+    }
+
+    #[tokio::test]
+    async fn on_and_off_send_exact_reports_and_read_the_answer() {
+        let bus = FakeBus::new();
+        bus.add(board("YK1", "1-2"));
+        bus.add(board("YK2", "1-3"));
+        let d = spec_on("serial: YK2\nport: \"2\"\n", &bus).build().unwrap();
+        d.call("off", vec![]).await.unwrap();
+        assert_eq!(bus.ykush_ports("1-3"), Some([true, false, true]));
+        assert_eq!(bus.ykush_ports("1-2"), Some([true, true, true]));
+        d.call("on", vec![]).await.unwrap();
+        assert_eq!(
+            bus.take_transfers(),
+            vec![
+                Transfer::Write {
+                    device: "1-3".into(),
+                    endpoint: 0x01,
+                    data: report(0x02)
+                },
+                Transfer::Read {
+                    device: "1-3".into(),
+                    endpoint: 0x81,
+                    length: 64
+                },
+                Transfer::Write {
+                    device: "1-3".into(),
+                    endpoint: 0x01,
+                    data: report(0x12)
+                },
+                Transfer::Read {
+                    device: "1-3".into(),
+                    endpoint: 0x81,
+                    length: 64
+                },
+            ]
+        );
+        let d = spec_on("serial: YK1\n", &bus).build().unwrap();
+        d.call("off", vec![]).await.unwrap();
+        assert_eq!(bus.ykush_ports("1-2"), Some([false; 3]));
+        assert_eq!(
+            bus.take_transfers()[0],
+            Transfer::Write {
+                device: "1-2".into(),
+                endpoint: 0x01,
+                data: report(0x0A)
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn default_is_applied_at_every_session_start() {
+        let bus = FakeBus::new();
+        bus.add(board("YK1", "1-2"));
+        let spec = spec_on("serial: YK1\nport: \"1\"\n", &bus);
+        spec.build().unwrap().reset().await.unwrap();
+        assert_eq!(bus.ykush_ports("1-2"), Some([false, true, true]));
+        spec.build().unwrap().call("on", vec![]).await.unwrap();
+        spec.build().unwrap().reset().await.unwrap();
+        assert_eq!(bus.ykush_ports("1-2"), Some([false, true, true]));
+        bus.take_transfers();
+        spec_on("serial: YK1\ndefault: keep\n", &bus)
+            .build()
+            .unwrap()
+            .reset()
+            .await
+            .unwrap();
+        assert!(bus.transfers().is_empty());
+        spec_on("serial: YK1\ndefault: on\n", &bus)
+            .build()
+            .unwrap()
+            .reset()
+            .await
+            .unwrap();
+        assert_eq!(bus.ykush_ports("1-2"), Some([true; 3]));
+    }
+
+    #[tokio::test]
+    async fn finding_the_board() {
+        let bus = FakeBus::new();
+        let e = spec_on("{}", &bus).build().err().unwrap();
+        assert!(matches!(e, DriverError::Unavailable(_)));
+        assert_eq!(
+            e.to_string(),
+            "failed to find ykush device: no 04d8:f2f7 is connected"
+        );
+        bus.add(board("YK1", "1-2"));
+        let e = spec_on("serial: YK9\n", &bus).build().err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "failed to find ykush device: none with serial YK9; found YK1"
+        );
+        // No serial: the first board (upstream warns and uses it).
+        let d = spec_on("port: \"3\"\n", &bus).build().unwrap();
+        d.call("off", vec![]).await.unwrap();
+        assert_eq!(bus.ykush_ports("1-2"), Some([true, true, false]));
+    }
+
+    #[tokio::test]
+    async fn permission_and_unplug_errors_name_the_board() {
+        let bus = FakeBus::new();
+        bus.add(board("YK1", "1-2").with_fault(Fault::Denied));
+        let d = spec_on("serial: YK1\n", &bus).build().unwrap();
+        let e = d.call("on", vec![]).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("permission denied opening ykush YK1 (1-2 (04d8:f2f7, bus 1 address 9)) (/dev/bus/usb/001/009): install udev/60-jmp-exporter-usb.rules"),
+            "{e}"
+        );
+        bus.set_fault("1-2", Some(Fault::Gone));
+        assert!(matches!(
+            d.call("on", vec![]).await,
+            Err(DriverError::Unavailable(_))
+        ));
+        bus.unplug("1-2");
+        let e = d.call("on", vec![]).await.unwrap_err();
+        assert_eq!(e.to_string(), "ykush YK1 is gone (unplugged?)");
+        let e = d.streaming_call("read", vec![]).await.err().unwrap();
+        assert!(matches!(e, DriverError::NotImplemented(_)));
+        assert_eq!(d.method("read"), Some(MethodKind::Streaming));
+    }
+
+    #[tokio::test]
+    async fn the_fake_selected_from_the_config_logs_reports_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("ykush.log");
+        let src = format!(
+            "serial: YK7\nport: \"1\"\nfake:\n  log: {}\n",
+            log.display()
+        );
+        let s = spec(&yaml::parse(&src).unwrap(), "p").unwrap();
+        assert_eq!(s.client(), crate::POWER_CLIENT);
+        let d = s.build().unwrap();
+        d.reset().await.unwrap();
+        d.call("on", vec![]).await.unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let zeros = "00".repeat(63);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                format!("1-2 write 01 01{zeros}"),
+                "1-2 read 81 len 64".to_string(),
+                format!("1-2 write 01 11{zeros}"),
+                "1-2 read 81 len 64".to_string(),
+            ]
+        );
+        let s = spec(&yaml::parse("fake: {fault: denied}\n").unwrap(), "p").unwrap();
+        let e = s.build().unwrap().call("off", vec![]).await.unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{e}");
+    }
+
+    #[test]
+    #[ignore = "needs a YKUSH board (and permission to open it)"]
+    fn a_real_board_switches_all_ports() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let d = spec(&yaml::parse("default: keep\n").unwrap(), "p")
+                .unwrap()
+                .build()
+                .unwrap();
+            d.call("off", vec![]).await.unwrap();
+            d.call("on", vec![]).await.unwrap();
+        });
+    }
+}
