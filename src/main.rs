@@ -57,7 +57,8 @@ enum Command {
         #[command(flatten)]
         source: ConfigSource,
     },
-    /// List the hardware a config can name: USB hubs and YKUSH boards, GPIO chips and lines.
+    /// List the hardware a config can name: USB hubs and YKUSH boards, GPIO chips and lines,
+    /// serial ports.
     List {
         #[arg(value_enum, default_value_t = ListWhat::All)]
         what: ListWhat,
@@ -71,6 +72,8 @@ enum ListWhat {
     Usb,
     /// GPIO chips (label, path, line count) and their named lines with offset and consumer.
     Gpio,
+    /// Serial ports with their /dev/serial/by-id and by-path links.
+    Serial,
 }
 
 #[derive(Args)]
@@ -144,6 +147,9 @@ fn list(what: ListWhat) {
     }
     if matches!(what, ListWhat::All | ListWhat::Gpio) {
         print!("{}", jmp_drivers::gpio::list_chips());
+    }
+    if matches!(what, ListWhat::All | ListWhat::Serial) {
+        print!("{}", jmp_drivers::serial::list::list_ports());
     }
 }
 

@@ -115,3 +115,29 @@ fn sigterm_does_not_wait_for_a_client_that_never_hangs_up() {
     );
     let _ = holder.wait();
 }
+
+#[test]
+fn list_shows_usb_gpio_and_serial_sections_on_any_machine() {
+    let out = Command::new(binary()).arg("list").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("USB hubs"), "{text}");
+    assert!(
+        text.contains("GPIO chips") || text.contains("no GPIO chips"),
+        "{text}"
+    );
+    assert!(text.contains("Serial ports"), "{text}");
+    let serial_only = Command::new(binary())
+        .args(["list", "serial"])
+        .output()
+        .unwrap();
+    let serial_text = String::from_utf8_lossy(&serial_only.stdout);
+    assert!(
+        serial_text.starts_with("Serial ports") && !serial_text.contains("USB hubs"),
+        "{serial_text}"
+    );
+}

@@ -18,6 +18,7 @@
 
 mod capture;
 mod config;
+pub mod list;
 mod pace;
 mod port;
 mod stream;
