@@ -157,11 +157,10 @@ impl Claim {
     /// happen after this call are delivered.
     pub fn subscribe(&self) -> Subscription {
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let running = reader.as_ref().is_some_and(|r| !r.done.is_cancelled());
-        if !running {
-            *reader = Some(self.start_reader());
-        }
-        let r = reader.as_ref().expect("reader just started");
+        let r = match reader.take() {
+            Some(running) if !running.done.is_cancelled() => reader.insert(running),
+            _ => reader.insert(self.start_reader()),
+        };
         Subscription {
             edges: self.edges.subscribe(),
             stopped: r.done.clone(),
