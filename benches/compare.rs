@@ -49,9 +49,20 @@ fn workspace() -> PathBuf {
 struct Target {
     name: &'static str,
     child: Child,
-    addr: String,
+    access: Access,
     start_to_report: Duration,
     _dir: tempfile::TempDir,
+}
+
+/// How the load generator reaches a target.
+enum Access {
+    /// Direct h2c over loopback TCP.
+    Tcp(String),
+    /// Through the fake controller's router, one tunnel per connection, as a leased client.
+    Router {
+        controller: jmp_testkit::FakeController,
+        lease: String,
+    },
 }
 
 impl Drop for Target {
@@ -113,7 +124,7 @@ async fn start(
     Target {
         name,
         child,
-        addr,
+        access: Access::Tcp(addr),
         start_to_report: started.elapsed(),
         _dir: dir,
     }
@@ -342,18 +353,68 @@ fn tree_memory(root: u32) -> (u64, u64, u64) {
         .fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
 }
 
-async fn channels(addr: &str, n: usize) -> Vec<Channel> {
+async fn channels(target: &Target, n: usize) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(
-            Endpoint::from_shared(format!("http://{addr}"))
+        out.push(match &target.access {
+            Access::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
                 .unwrap()
                 .connect()
                 .await
                 .unwrap(),
-        );
+            Access::Router { controller, lease } => {
+                jmp_testkit::client::channel(
+                    controller,
+                    lease,
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await
+            }
+        });
     }
     out
+}
+
+/// jmp-exporter in controller mode, leased, reached through the fake router.
+async fn ours_through_router() -> Target {
+    use jmp_testkit::{Event, FakeController, Options};
+    let controller = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    let export = DEMO_EXPORT.replacen("export:\n", "", 1);
+    std::fs::write(&config, controller.exporter_config_yaml(&export)).unwrap();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"))
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start jmp-exporter");
+    let lease = controller.create_lease().await;
+    let ready = controller
+        .wait_for(
+            |e| {
+                matches!(
+                    e,
+                    Event::ReportStatus {
+                        status: ExporterStatus::LeaseReady,
+                        ..
+                    }
+                )
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(ready.is_some(), "the exporter never became ready");
+    Target {
+        name: "jmp-exporter via router",
+        child,
+        access: Access::Router { controller, lease },
+        start_to_report: started.elapsed(),
+        _dir: dir,
+    }
 }
 
 async fn uuid_of(channel: &Channel, name: &str) -> String {
@@ -379,7 +440,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Unary DriverCall `power.on` from `callers` concurrent callers.
 async fn unary(target: &Target, callers: usize) -> Value {
-    let chans = channels(&target.addr, callers.min(16)).await;
+    let chans = channels(target, callers.min(16)).await;
     let power = uuid_of(&chans[0], "power").await;
     let pid = target.child.id();
     let cpu0 = tree_cpu(pid);
@@ -426,7 +487,7 @@ async fn unary(target: &Target, callers: usize) -> Value {
 
 /// StreamingDriverCall `power.read` (two results each) from 16 callers.
 async fn streaming(target: &Target) -> Value {
-    let chans = channels(&target.addr, 16).await;
+    let chans = channels(target, 16).await;
     let power = uuid_of(&chans[0], "power").await;
     let begin = Instant::now();
     let deadline = begin + seconds();
@@ -489,7 +550,7 @@ async fn open_stream(
 
 /// Echo throughput with `size`-byte writes through `driver`, and stream open → first byte.
 async fn echo(target: &Target, driver: &str, size: usize) -> Value {
-    let chans = channels(&target.addr, 1).await;
+    let chans = channels(target, 1).await;
     let uuid = uuid_of(&chans[0], driver).await;
     let pid = target.child.id();
 
@@ -546,6 +607,16 @@ async fn echo(target: &Target, driver: &str, size: usize) -> Value {
         "cpu_s_per_gb": if received > 0 { cpu / (received as f64 / 1e9) } else { 0.0 },
         "first_byte_p50_us": percentile(&first, 0.5).as_micros() as u64,
     })
+}
+
+/// The cases that show what the router tunnel costs.
+async fn measure_tunnel(target: &Target) -> Value {
+    let mut results = BTreeMap::new();
+    results.insert("unary_16".to_string(), unary(target, 16).await);
+    for size in [256, 4096, 32768] {
+        results.insert(format!("echo_{size}"), echo(target, "echo", size).await);
+    }
+    json!(results)
 }
 
 async fn measure(target: &Target) -> Value {
@@ -669,6 +740,29 @@ fn print_table(results: &Value) {
     }
 }
 
+fn print_tunnel(results: &Value) {
+    let (direct, routed) = (
+        &results["jmp-exporter"],
+        &results["jmp-exporter via router"],
+    );
+    println!(
+        "\n{:<40} {:>14} {:>14} {:>12}",
+        "through the router tunnel", "direct", "via router", "cost"
+    );
+    for (label, key) in [
+        ("unary, 16 callers (calls/s)", "unary_16.calls_per_s"),
+        ("echo 256 B writes (MB/s)", "echo_256.mb_per_s"),
+        ("echo 4 KiB writes (MB/s)", "echo_4096.mb_per_s"),
+        ("echo 32 KiB writes (MB/s)", "echo_32768.mb_per_s"),
+    ] {
+        let (a, b) = (get(direct, key), get(routed, key));
+        println!(
+            "{label:<40} {a:>14.1} {b:>14.1} {:>11.0}%",
+            (1.0 - b / a) * 100.0
+        );
+    }
+}
+
 fn main() {
     if let Ok(addr) = std::env::var("JMP_BENCH_MINIMAL_SERVER") {
         serve_minimal(&addr);
@@ -690,11 +784,16 @@ fn main() {
             let r = measure(&target).await;
             results.insert(target.name.to_string(), r);
         }
+        let tunnelled = ours_through_router().await;
+        eprintln!("measuring {} ...", tunnelled.name);
+        let r = measure_tunnel(&tunnelled).await;
+        results.insert(tunnelled.name.to_string(), r);
         results.insert("machine".into(), machine());
         results.insert("seconds_per_case".into(), json!(seconds().as_secs_f64()));
         Value::Object(results)
     });
     print_table(&results);
+    print_tunnel(&results);
     let out = workspace().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join("compare.json");

@@ -28,12 +28,9 @@ pub async fn channel_over(io: tokio::io::DuplexStream) -> Channel {
 }
 
 /// Dials `lease` (retrying UNAVAILABLE, as the Python client does while the exporter's Listen
-/// reconnects) and connects through the router; `stop` ends the client's side of the tunnel.
-pub async fn connect(
-    c: &FakeController,
-    lease: &str,
-    stop: CancellationToken,
-) -> ExporterServiceClient<Channel> {
+/// reconnects) and returns a channel whose connection goes through the router; `stop` ends
+/// the client's side of the tunnel.
+pub async fn channel(c: &FakeController, lease: &str, stop: CancellationToken) -> Channel {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let token = loop {
         match c.dial(lease).await {
@@ -53,7 +50,16 @@ pub async fn connect(
     })
     .unwrap();
     let router = controller::channel(&c.endpoint(), tls, &ChannelOptions::default()).unwrap();
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
     tokio::spawn(async move { tunnel::bridge(router, &token, theirs, stop).await });
-    ExporterServiceClient::new(channel_over(ours).await)
+    channel_over(ours).await
+}
+
+/// [`channel`], as an ExporterService client.
+pub async fn connect(
+    c: &FakeController,
+    lease: &str,
+    stop: CancellationToken,
+) -> ExporterServiceClient<Channel> {
+    ExporterServiceClient::new(channel(c, lease, stop).await)
 }
