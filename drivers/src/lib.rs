@@ -12,6 +12,7 @@ pub mod args;
 pub mod composite;
 pub mod gpio;
 pub mod mock;
+pub mod power;
 pub mod serial;
 pub mod usb;
 pub mod yaml;

@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::yaml::{self, Node};
-use crate::{args, BoxedIo, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+use crate::{
+    args, power, BoxedIo, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream,
+};
 
 pub const MOCK_POWER: &str = "jumpstarter_driver_power.driver.MockPower";
 pub const SYNC_MOCK_POWER: &str = "jumpstarter_driver_power.driver.SyncMockPower";
@@ -50,19 +52,14 @@ pub struct MockPower;
 #[async_trait]
 impl Driver for MockPower {
     fn method(&self, name: &str) -> Option<MethodKind> {
-        match name {
-            "on" | "off" => Some(MethodKind::Call),
-            "read" => Some(MethodKind::Streaming),
-            _ => None,
-        }
+        power::method_kind(name)
     }
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
-        args::expect_count(method, &args, 0)?;
-        match method {
-            "on" => tracing::info!("power on"),
-            "off" => tracing::info!("power off"),
-            _ => return Err(DriverError::NotImplemented(method.to_string())),
+        if power::switch_of(method, &args)? {
+            tracing::info!("power on");
+        } else {
+            tracing::info!("power off");
         }
         Ok(Json::Null)
     }

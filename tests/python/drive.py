@@ -124,7 +124,16 @@ def session_rpcs(host):
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
     ended = stub.EndSession(jumpstarter_pb2.EndSessionRequest(), timeout=10)
-    after = stub.GetStatus(jumpstarter_pb2.GetStatusRequest(), timeout=10)
+    # The end of the session is handled after EndSession returns, as upstream: poll as a
+    # client does.
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        after = stub.GetStatus(jumpstarter_pb2.GetStatusRequest(), timeout=10)
+        if after.status == common_pb2.EXPORTER_STATUS_AVAILABLE or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert after.status == common_pb2.EXPORTER_STATUS_AVAILABLE, after
     assert after.previous_status == common_pb2.EXPORTER_STATUS_LEASE_READY, after
     return {

@@ -52,7 +52,7 @@ use super::transport::{
 };
 use super::{blocking, device_error, permission_hint, Initial};
 use crate::yaml::{self, Node};
-use crate::{args, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+use crate::{power, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
 
 /// Our own type name for this driver; stable, as lab configs will name it.
 pub const TYPE: &str = "jmp_exporter.drivers.UsbHubPort";
@@ -619,20 +619,11 @@ impl UsbHubPort {
 #[async_trait]
 impl Driver for UsbHubPort {
     fn method(&self, name: &str) -> Option<MethodKind> {
-        match name {
-            "on" | "off" => Some(MethodKind::Call),
-            "read" => Some(MethodKind::Streaming),
-            _ => None,
-        }
+        power::method_kind(name)
     }
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
-        args::expect_count(method, &args, 0)?;
-        match method {
-            "on" => self.switch(true).await?,
-            "off" => self.switch(false).await?,
-            _ => return Err(DriverError::NotImplemented(method.to_string())),
-        }
+        self.switch(power::switch_of(method, &args)?).await?;
         Ok(Json::Null)
     }
 
@@ -641,10 +632,7 @@ impl Driver for UsbHubPort {
         method: &str,
         _args: Vec<Json>,
     ) -> Result<ResultStream, DriverError> {
-        Err(DriverError::NotImplemented(format!(
-            "{method}: a USB hub port cannot measure voltage or current; this power switch has \
-             on and off only"
-        )))
+        Err(power::no_readings(method, "a USB hub port"))
     }
 
     async fn reset(&self) -> Result<(), DriverError> {

@@ -33,7 +33,7 @@ use super::sysfs::{self, Sysfs};
 use super::transport::{DeviceInfo, UsbBus, UsbError};
 use super::{blocking, device_error, Initial};
 use crate::yaml::{self, Node};
-use crate::{args, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+use crate::{power, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
 
 pub const TYPE: &str = "jumpstarter_driver_yepkit.driver.Ykush";
 
@@ -288,20 +288,11 @@ impl Ykush {
 #[async_trait]
 impl Driver for Ykush {
     fn method(&self, name: &str) -> Option<MethodKind> {
-        match name {
-            "on" | "off" => Some(MethodKind::Call),
-            "read" => Some(MethodKind::Streaming),
-            _ => None,
-        }
+        power::method_kind(name)
     }
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
-        args::expect_count(method, &args, 0)?;
-        match method {
-            "on" => self.power(true).await?,
-            "off" => self.power(false).await?,
-            _ => return Err(DriverError::NotImplemented(method.to_string())),
-        }
+        self.power(power::switch_of(method, &args)?).await?;
         Ok(Json::Null)
     }
 
@@ -310,10 +301,7 @@ impl Driver for Ykush {
         method: &str,
         _args: Vec<Json>,
     ) -> Result<ResultStream, DriverError> {
-        Err(DriverError::NotImplemented(format!(
-            "{method}: a YKUSH cannot measure voltage or current; this power switch has on and \
-             off only"
-        )))
+        Err(power::no_readings(method, "a YKUSH"))
     }
 
     async fn reset(&self) -> Result<(), DriverError> {
