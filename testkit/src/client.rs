@@ -28,16 +28,20 @@ pub async fn channel_over(io: tokio::io::DuplexStream) -> Channel {
 }
 
 /// Dials `lease` (retrying UNAVAILABLE, as the Python client does while the exporter's Listen
-/// reconnects) and returns a channel whose connection goes through the router; `stop` ends
+/// reconnects, and a full token queue) and returns a channel whose connection goes through the router; `stop` ends
 /// the client's side of the tunnel.
 pub async fn channel(c: &FakeController, lease: &str, stop: CancellationToken) -> Channel {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let token = loop {
         match c.dial(lease).await {
             Ok((_, token)) => break token,
+            // The controller holds at most 8 tokens per lease for the exporter to pick up;
+            // many connections at once can find that queue full for a moment.
             Err(s)
-                if s.code() == tonic::Code::Unavailable
-                    && tokio::time::Instant::now() < deadline =>
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ) && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
