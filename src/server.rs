@@ -36,6 +36,9 @@ use crate::session::Session;
 /// Metadata key of the standalone passphrase.
 pub const PASSPHRASE_HEADER: &str = "x-jumpstarter-passphrase";
 
+/// Streams one client connection may have open at once (advertised in SETTINGS).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+
 /// How long in-flight calls get to finish once the server is told to stop.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -132,6 +135,8 @@ pub fn start(
         let incoming = ReceiverStream::new(rx).map(Ok::<_, io::Error>);
         let graceful = stop.clone();
         let server = tonic::transport::Server::builder()
+            // Bounds what one connection can hold open; a `jmp shell` uses a handful.
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .layer(InterceptorLayer::new(check))
             .add_service(ExporterServiceServer::new(service.clone()))
             .add_service(RouterServiceServer::new(service))

@@ -48,20 +48,37 @@ impl SessionService {
             .and_then(|u| self.session.tree.driver(&u))
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "no driver with uuid {uuid:?} in this session; GetReport lists the current ones"
+                    "no driver with uuid {:?} in this session; GetReport lists the current ones",
+                    shorten(uuid)
                 ))
             })?;
         match driver.method(method) {
             None => Err(Status::not_found(format!(
-                "method {method} not found on driver"
+                "method {} not found on driver",
+                shorten(method)
             ))),
             Some(k) if k != kind => Err(Status::not_found(format!(
-                "method {method} missing marker {}",
+                "method {} missing marker {}",
+                shorten(method),
                 kind.marker()
             ))),
             Some(_) => Ok(driver),
         }
     }
+}
+
+/// A client-supplied name as it may appear in an error message: error messages travel in a
+/// response header, and an overlong one makes the client drop the whole connection.
+fn shorten(name: &str) -> String {
+    const MAX: usize = 200;
+    if name.len() <= MAX {
+        return name.to_string();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &name[..end], name.len())
 }
 
 /// The one mapping from driver errors to gRPC codes (codes the Python client turns into its
@@ -224,26 +241,36 @@ impl RouterService for SessionService {
 
 /// Writes the client's DATA to the device until GOAWAY or the end of the call, then closes the
 /// device's write side.
+/// A frame the client sent that could not be read (too large, malformed) fails the call with
+/// that status, so the client knows its bytes were not delivered.
 async fn client_to_device(
     mut inbound: Streaming<StreamRequest>,
     mut device: impl tokio::io::AsyncWrite + Unpin,
-) {
-    while let Ok(Some(frame)) = inbound.message().await {
-        match frame::classify(frame.frame_type, frame.payload) {
-            FrameAction::Payload(bytes) => {
-                if !bytes.is_empty() && device.write_all(&bytes).await.is_err() {
-                    return;
+) -> Result<(), Status> {
+    let result = loop {
+        match inbound.message().await {
+            Ok(Some(frame)) => match frame::classify(frame.frame_type, frame.payload) {
+                FrameAction::Payload(bytes) => {
+                    if !bytes.is_empty() && device.write_all(&bytes).await.is_err() {
+                        return Ok(());
+                    }
                 }
+                FrameAction::Eof => break Ok(()),
+                FrameAction::Ignore => {}
+            },
+            Ok(None) => break Ok(()),
+            Err(status) => {
+                tracing::debug!(error = %status, "byte stream request could not be read");
+                break Err(status);
             }
-            FrameAction::Eof => break,
-            FrameAction::Ignore => {}
         }
-    }
+    };
     let _ = device.shutdown().await;
+    result
 }
 
 /// Aborts the inbound pump when the response stream is dropped (the client went away).
-struct AbortOnDrop(Option<JoinHandle<()>>);
+struct AbortOnDrop(Option<JoinHandle<Result<(), Status>>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -257,7 +284,7 @@ impl Drop for AbortOnDrop {
 /// finished sending too, so nothing it sends after our GOAWAY is lost.
 fn device_to_client<R>(
     device: ReaderStream<R>,
-    inbound: JoinHandle<()>,
+    inbound: JoinHandle<Result<(), Status>>,
 ) -> impl Stream<Item = Result<StreamResponse, Status>> + Send
 where
     R: tokio::io::AsyncRead + Send + 'static,
@@ -286,12 +313,13 @@ where
                     (device, guard, Phase::Draining),
                 )),
             },
-            Phase::Draining => {
-                if let Some(handle) = guard.0.take() {
-                    let _ = handle.await;
-                }
-                None
-            }
+            Phase::Draining => match guard.0.take() {
+                Some(handle) => match handle.await {
+                    Ok(Err(status)) => Some((Err(status), (device, guard, Phase::Draining))),
+                    _ => None,
+                },
+                None => None,
+            },
         }
     })
 }

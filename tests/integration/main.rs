@@ -3,12 +3,14 @@
 
 mod support;
 
+mod bad_input;
 mod cli;
 mod controller;
 mod descriptors;
 mod faults;
 mod gpio;
 mod hooks;
+mod load;
 mod python_client;
 mod secrets;
 mod serial;
