@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::support::exporter::{config, Exporter};
+use crate::support::process::{holdings, noise, rss_kib};
 
 /// How long any single answer from the exporter may take.
 const ANSWER: Duration = Duration::from_secs(10);
@@ -130,21 +131,8 @@ async fn uuid_of(client: &mut ExporterServiceClient<Channel>, name: &str) -> Str
         .clone()
 }
 
-fn count(dir: String) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
 fn fds(pid: u32) -> usize {
-    count(format!("/proc/{pid}/fd"))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
+    holdings(pid).fds
 }
 
 /// Waits until the process holds at most `baseline` fds; returns the last count.
@@ -157,19 +145,6 @@ async fn fds_settle(pid: u32, baseline: usize) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different per `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 const HTTP1: &[u8] = b"GET / HTTP/1.1\r\nHost: exporter\r\nConnection: keep-alive\r\n\r\n";

@@ -10,55 +10,10 @@ use jmp_testkit::{Event, FakeController, Options, PausableProxy};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::exporter::Exporter;
+use crate::support::process::{holdings, settles_back};
 use jmp_testkit::client as router_client;
 
 const EXPORT: &str = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n";
-
-/// What the exporter process holds.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-struct Holdings {
-    fds: usize,
-    threads: usize,
-    children: usize,
-}
-
-fn holdings(pid: u32) -> Holdings {
-    let count = |dir: String| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-    let children = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
-        .filter(|stat| {
-            // The parent pid is the second field after the parenthesised command name.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(|p| p == pid.to_string()))
-                .unwrap_or(false)
-        })
-        .count();
-    Holdings {
-        fds: count(format!("/proc/{pid}/fd")),
-        threads: count(format!("/proc/{pid}/task")),
-        children,
-    }
-}
-
-/// Waits until the exporter holds no more than it did at `baseline` (connections take a
-/// moment to be torn down).
-async fn settles_back(pid: u32, baseline: Holdings) -> Holdings {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = holdings(pid);
-        if now.fds <= baseline.fds
-            && now.children == baseline.children
-            && now.threads <= baseline.threads
-        {
-            return now;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn write_config(
     controller: &FakeController,
@@ -169,7 +124,7 @@ async fn a_router_connection_cut_mid_call_leaks_nothing_and_the_next_client_gets
         exporter.log()
     );
     c.restart().await;
-    let after = settles_back(pid, baseline).await;
+    let after = settles_back(pid, baseline, 0).await;
     assert!(
         after.fds <= baseline.fds && after.children == 0,
         "leaked: {baseline:?} -> {after:?}"
@@ -239,7 +194,7 @@ async fn a_router_that_stops_answering_is_detected_by_keepalive() {
         started.elapsed()
     );
     proxy.resume();
-    let after = settles_back(pid, baseline).await;
+    let after = settles_back(pid, baseline, 0).await;
     assert!(
         after.fds <= baseline.fds,
         "leaked: {baseline:?} -> {after:?}"

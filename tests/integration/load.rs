@@ -21,60 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use crate::support::exporter::{config, Exporter};
+use crate::support::process::{holdings, noise, settles_back};
 
 /// `JMP_SOAK=1` switches to the full sizes of the soak run.
 fn soak() -> bool {
     std::env::var("JMP_SOAK").is_ok_and(|v| v == "1")
-}
-
-/// What the exporter process holds.
-#[derive(Debug, Clone, Copy)]
-struct Holdings {
-    fds: usize,
-    threads: usize,
-    rss_kib: u64,
-}
-
-fn holdings(pid: u32) -> Holdings {
-    let count = |dir: String| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    Holdings {
-        fds: count(format!("/proc/{pid}/fd")),
-        threads: count(format!("/proc/{pid}/task")),
-        rss_kib,
-    }
-}
-
-/// Waits (bounded) until the process holds at most `baseline` fds and `baseline + slack`
-/// threads; returns what it holds then.
-async fn settles_back(pid: u32, baseline: Holdings, thread_slack: usize) -> Holdings {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = holdings(pid);
-        let settled = now.fds <= baseline.fds && now.threads <= baseline.threads + thread_slack;
-        if settled || tokio::time::Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Deterministic bytes, different per stream.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Sends `data` through the echo driver on a connection of its own and returns what came back
@@ -151,7 +102,7 @@ async fn concurrent_byte_streams_through_one_exporter_are_byte_exact_and_leak_no
         .map(|i| {
             let (addr, echo) = (addr.clone(), echo.clone());
             tokio::spawn(async move {
-                let data = payload(SIZE, i + 1);
+                let data = noise(SIZE, i + 1);
                 let back = tokio::time::timeout(
                     Duration::from_secs(120),
                     echo_once(addr, echo, data.clone()),

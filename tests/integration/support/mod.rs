@@ -2,5 +2,6 @@
 //! exporter process.
 
 pub mod exporter;
+pub mod process;
 pub mod pty;
 pub mod python;
