@@ -2,6 +2,7 @@
 //! STATUS lines a lab owner sees in `systemctl status`, WATCHDOG pings, STOPPING. Everything
 //! here does nothing when the exporter was not started by systemd (no `NOTIFY_SOCKET`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -16,9 +17,13 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Set once READY went out: watchdog pings follow it, never precede it.
+static READY_SENT: AtomicBool = AtomicBool::new(false);
+
 /// The exporter is serving (standalone) or registered (controller mode).
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    READY_SENT.store(true, Ordering::SeqCst);
 }
 
 /// What the exporter is doing now, shown by `systemctl status`.
@@ -35,8 +40,9 @@ pub fn logs_to_journal() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some()
 }
 
-/// Pings the systemd watchdog at half the interval the unit asks for, until `stop`. The pings
-/// come from the async runtime, so a wedged runtime stops them and systemd restarts us.
+/// Pings the systemd watchdog at half the interval the unit asks for, once READY was sent,
+/// until `stop`. The pings come from the async runtime, so a wedged runtime stops them and
+/// systemd restarts us.
 pub fn spawn_watchdog(stop: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
@@ -47,7 +53,11 @@ pub fn spawn_watchdog(stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => send(&[NotifyState::Watchdog]),
+                _ = tick.tick() => {
+                    if READY_SENT.load(Ordering::SeqCst) {
+                        send(&[NotifyState::Watchdog]);
+                    }
+                }
             }
         }
     });
