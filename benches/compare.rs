@@ -67,6 +67,10 @@ enum Access {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // `jmp run` forks the process that does the work: stop the whole tree.
+        for pid in tree_pids(self.child.id()).into_iter().skip(1) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
