@@ -302,6 +302,34 @@ impl FakeController {
     /// `exporter_name` and a 30 min duration would) and returns its id. It is assigned at once
     /// when the exporter is registered, free and AVAILABLE (or has reported nothing), otherwise
     /// as soon as it is.
+    /// Creates a lease and waits until the exporter reports LEASE_READY for it; panics after
+    /// 20 s, showing what was recorded.
+    pub async fn create_ready_lease(&self) -> String {
+        let mark = self.mark();
+        let lease = self.create_lease().await;
+        let ready = self
+            .wait_for_after(
+                mark,
+                |e| {
+                    matches!(
+                        e,
+                        Event::ReportStatus {
+                            status: ExporterStatus::LeaseReady,
+                            ..
+                        }
+                    )
+                },
+                Duration::from_secs(20),
+            )
+            .await;
+        assert!(
+            ready.is_some(),
+            "no LEASE_READY for lease {lease}: {:#?}",
+            self.events()
+        );
+        lease
+    }
+
     pub async fn create_lease(&self) -> String {
         let name = self.shared.options.exporter_name.clone();
         self.shared

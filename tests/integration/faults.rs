@@ -87,21 +87,7 @@ async fn a_router_connection_cut_mid_call_leaks_nothing_and_the_next_client_gets
         .await
         .unwrap();
     let pid = exporter.pid();
-    let lease = c.create_lease().await;
-    c.wait_for(
-        |e| {
-            matches!(
-                e,
-                Event::ReportStatus {
-                    status: ExporterStatus::LeaseReady,
-                    ..
-                }
-            )
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("LEASE_READY");
+    let lease = c.create_ready_lease().await;
     // Let the lease settle before taking the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = holdings(pid);
@@ -151,21 +137,7 @@ async fn a_router_that_stops_answering_is_detected_by_keepalive() {
         .await
         .unwrap();
     let pid = exporter.pid();
-    let lease = c.create_lease().await;
-    c.wait_for(
-        |e| {
-            matches!(
-                e,
-                Event::ReportStatus {
-                    status: ExporterStatus::LeaseReady,
-                    ..
-                }
-            )
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("LEASE_READY");
+    let lease = c.create_ready_lease().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = holdings(pid);
 

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use jmp_exporter::proto::ExporterStatus;
 use jmp_testkit::{Event, FakeController, Options};
 
 use crate::support::exporter::{binary, config, Exporter};
@@ -57,21 +56,7 @@ async fn a_debug_log_of_a_whole_lease_shows_no_token() {
     })
     .await
     .unwrap();
-    let lease = c.create_lease().await;
-    c.wait_for(
-        |e| {
-            matches!(
-                e,
-                Event::ReportStatus {
-                    status: ExporterStatus::LeaseReady,
-                    ..
-                }
-            )
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("LEASE_READY");
+    let lease = c.create_ready_lease().await;
     let mut client =
         jmp_testkit::client::connect(&c, &lease, tokio_util::sync::CancellationToken::new()).await;
     client
