@@ -431,6 +431,61 @@ fn unplug_and_replug_during_a_stream_and_while_idle() {
     let _ = &rig.dir;
 }
 
+/// Disk full while capturing the console: the log file is a link to `/dev/full` (every write
+/// fails with ENOSPC, no root needed), then the link is pointed at a real file, as if space
+/// came back.
+#[test]
+fn a_full_disk_costs_only_the_console_log_which_resumes_with_the_gap_marked() {
+    let capture = tempfile::tempdir().unwrap();
+    let log = capture.path().join("console.log");
+    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+    let rig = Rig::new(&format!("      log_file: {}\n", log.display()));
+    let board = rig.plug("v1");
+
+    // Clients see everything while the log cannot be written.
+    let n = 4 * MIB;
+    let rx = script(&rig.host(), &["rx", &n.to_string()]);
+    assert_eq!(rx["bytes"], n);
+    assert_eq!(rx["exact"], true, "the console stream lost nothing: {rx}");
+    assert_eq!(script(&rig.host(), &["hello"])["reply"], "hello from v1");
+    let warned = "cannot write the console log";
+    rig.wait_count(warned, 1);
+
+    // Space comes back; the next retry (every 5 s) finds a writable file.
+    let real = capture.path().join("real.log");
+    std::fs::write(&real, b"").unwrap();
+    let swap = capture.path().join("swap");
+    std::os::unix::fs::symlink(&real, &swap).unwrap();
+    std::fs::rename(&swap, &log).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        board.print(b"still booting\r\n");
+        let text = String::from_utf8_lossy(&std::fs::read(&real).unwrap()).into_owned();
+        if text.contains("still booting") {
+            assert!(
+                text.starts_with("\n[jmp-exporter: ") && text.contains("bytes of console output are missing here; the log could not be written: No space left on device"),
+                "the gap is marked: {:?}",
+                &text[..text.len().min(300)]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture never resumed:\n{}",
+            rig.exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        rig.count(warned),
+        1,
+        "the full disk was reported once, not per write or per retry:\n{}",
+        rig.exporter.log()
+    );
+    assert_eq!(rig.count("console capture resumed"), 1);
+    assert_eq!(script(&rig.host(), &["hello"])["reply"], "hello from v1");
+}
+
 #[test]
 fn a_missing_device_at_start_is_unavailable_until_it_appears() {
     let rig = Rig::new("");

@@ -6,14 +6,15 @@
 //! previous `.1` to `.2`, and so on), keeping `log_file_keep` old files, and a new one is
 //! started. Writes happen on a thread of their own, fed through a bounded queue, so a slow disk
 //! never stalls the console; bytes the queue cannot take are counted and reported instead.
-//! A file that cannot be opened (missing directory, permissions) is reported and retried, and
-//! the console goes on without it.
+//! A file that cannot be opened or written (missing directory, permissions, a full disk) is
+//! reported once and retried, the console goes on without it, and the gap is marked in the file
+//! once writing works again (see [`RotatingFile`]).
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,84 +44,146 @@ pub fn start(config: Capture, device: String) -> mpsc::Sender<Bytes> {
     tx
 }
 
+/// Opens the capture file for appending and says how long it already is. Tests swap it for a
+/// writer that fails the way a full disk does.
+pub type Opener = Box<dyn FnMut(&Path) -> io::Result<(Box<dyn Write + Send>, u64)> + Send>;
+
+fn open_file(path: &Path) -> io::Result<(Box<dyn Write + Send>, u64)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)?;
+    let size = file.metadata()?.len();
+    Ok((Box::new(file), size))
+}
+
 /// The capture file and its rotation.
+///
+/// A file that cannot be written (disk full, file-size limit, missing directory) costs the
+/// log, never the console: the failed bytes are counted and dropped, the problem is logged once
+/// (not per write, and not again at each retry that meets the same error), and the file is
+/// reopened every [`RETRY`]. The first write that succeeds again first puts a marker line into
+/// the file saying how many bytes are missing there and why, so a reader of the log sees the
+/// gap instead of output that silently jumps.
 pub struct RotatingFile {
     config: Capture,
     device: String,
-    file: Option<File>,
+    opener: Opener,
+    retry: Duration,
+    file: Option<Box<dyn Write + Send>>,
     size: u64,
-    /// Set while the file cannot be written; cleared by the next success.
+    /// Set while the file cannot be written: when it last failed, and why.
     failed: Option<(Instant, String)>,
+    /// Bytes dropped since the file last took a write.
+    lost: u64,
+    /// Warnings logged about failed writes (one per distinct error in a failure spell).
+    pub warnings: u64,
 }
 
 impl RotatingFile {
     pub fn new(config: Capture, device: String) -> Self {
+        Self::with_opener(config, device, Box::new(open_file), RETRY)
+    }
+
+    pub fn with_opener(config: Capture, device: String, opener: Opener, retry: Duration) -> Self {
         Self {
             config,
             device,
+            opener,
+            retry,
             file: None,
             size: 0,
             failed: None,
+            lost: 0,
+            warnings: 0,
         }
     }
 
-    /// Appends `data`, rotating as needed; drops it while the file cannot be written.
-    pub fn write(&mut self, mut data: &[u8]) {
+    /// Appends `data`, rotating as needed; drops (and counts) what the file cannot take.
+    pub fn write(&mut self, data: &[u8]) {
+        if self.failed.is_some() && !self.recover() {
+            self.lost += data.len() as u64;
+            return;
+        }
+        if let Err((e, unwritten)) = self.append(data) {
+            self.lost += unwritten as u64;
+            self.fail(e);
+        }
+    }
+
+    /// Appends with rotation; on failure, returns the error and how many bytes of `data` did
+    /// not reach the file.
+    fn append(&mut self, mut data: &[u8]) -> Result<(), (io::Error, usize)> {
         while !data.is_empty() {
-            if self.file.is_none() && !self.open() {
-                return;
+            if self.file.is_none() {
+                self.open().map_err(|e| (e, data.len()))?;
             }
             if self.size >= self.config.max_bytes {
-                if let Err(e) = self.rotate() {
-                    self.fail(e);
-                    return;
-                }
+                self.rotate().map_err(|e| (e, data.len()))?;
                 continue;
             }
             let room = usize::try_from(self.config.max_bytes - self.size).unwrap_or(usize::MAX);
             let n = room.min(data.len());
             let Some(file) = self.file.as_mut() else {
-                return;
+                return Err((io::Error::other("the capture file is not open"), data.len()));
             };
-            match file.write_all(&data[..n]) {
-                Ok(()) => {
-                    self.size += n as u64;
-                    data = &data[n..];
+            // Written piecewise rather than with write_all, so a short write before the error
+            // (the last blocks of a filling disk) is counted as written, not as lost.
+            match file.write(&data[..n]) {
+                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), data.len())),
+                Ok(written) => {
+                    self.size += written as u64;
+                    data = &data[written..];
                 }
-                Err(e) => {
-                    self.fail(e);
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((e, data.len())),
             }
         }
+        Ok(())
     }
 
-    fn open(&mut self) -> bool {
-        if let Some((at, _)) = &self.failed {
-            if at.elapsed() < RETRY {
-                return false;
-            }
+    /// After a failure, once [`RETRY`] has passed: reopens the file and writes the gap marker.
+    /// Says whether the file takes writes again.
+    fn recover(&mut self) -> bool {
+        match &self.failed {
+            Some((at, _)) if at.elapsed() < self.retry => return false,
+            _ => {}
         }
-        let opened = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(&self.config.path)
-            .and_then(|f| f.metadata().map(|m| (f, m.len())));
-        match opened {
-            Ok((file, size)) => {
-                if self.failed.take().is_some() {
-                    tracing::info!(device = %self.device, file = %self.config.path.display(), "console capture resumed");
-                }
-                self.file = Some(file);
-                self.size = size;
+        self.file = None;
+        let why = self
+            .failed
+            .as_ref()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        let marker = format!(
+            "\n[jmp-exporter: {} bytes of console output are missing here; the log could not be written: {why}]\n",
+            self.lost
+        );
+        match self.append(marker.as_bytes()) {
+            Ok(()) => {
+                tracing::info!(
+                    device = %self.device,
+                    file = %self.config.path.display(),
+                    lost = self.lost,
+                    "console capture resumed; the log marks where bytes are missing"
+                );
+                self.failed = None;
+                self.lost = 0;
                 true
             }
-            Err(e) => {
+            Err((e, _)) => {
                 self.fail(e);
                 false
             }
         }
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        let (file, size) = (self.opener)(&self.config.path)?;
+        self.file = Some(file);
+        self.size = size;
+        Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -137,11 +200,7 @@ impl RotatingFile {
             std::fs::rename(&self.config.path, self.numbered(1))?;
         }
         self.size = 0;
-        if self.open() {
-            Ok(())
-        } else {
-            Err(io::Error::other("cannot reopen after rotation"))
-        }
+        self.open()
     }
 
     /// `log_file.N`.
@@ -156,11 +215,13 @@ impl RotatingFile {
         let message = e.to_string();
         let repeated = matches!(&self.failed, Some((_, m)) if *m == message);
         if !repeated {
+            self.warnings += 1;
             tracing::warn!(
                 device = %self.device,
                 file = %self.config.path.display(),
                 error = %message,
-                "cannot write the console log; the console goes on without it and the file is retried every {RETRY:?}"
+                "cannot write the console log; the console and its streams go on without it, the bytes it misses are counted, and the file is retried every {:?}",
+                self.retry
             );
         }
         self.failed = Some((Instant::now(), message));
@@ -170,6 +231,8 @@ impl RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     fn capture(dir: &tempfile::TempDir, max_bytes: u64, keep: u32) -> RotatingFile {
         RotatingFile::new(
@@ -220,6 +283,102 @@ mod tests {
         let now = std::fs::read(dir.path().join("console.log")).unwrap();
         assert_eq!(now, vec![b'z'; 50]);
         assert!(!file.numbered(1).exists());
+    }
+
+    /// A disk with `free` bytes left: short writes as it fills, then ENOSPC, like a real one.
+    struct FillingDisk {
+        file: File,
+        free: Arc<AtomicU64>,
+        writes: Arc<AtomicU64>,
+    }
+
+    impl Write for FillingDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let free = self.free.load(Ordering::SeqCst);
+            if free == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(usize::try_from(free).unwrap_or(usize::MAX));
+            let n = self.file.write(&buf[..n])?;
+            self.free.fetch_sub(n as u64, Ordering::SeqCst);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_costs_only_the_log_is_reported_once_and_the_gap_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let free = Arc::new(AtomicU64::new(1000));
+        let writes = Arc::new(AtomicU64::new(0));
+        let opener: Opener = {
+            let (free, writes) = (free.clone(), writes.clone());
+            Box::new(move |p: &Path| {
+                let file = OpenOptions::new().create(true).append(true).open(p)?;
+                let size = file.metadata()?.len();
+                let disk = FillingDisk {
+                    file,
+                    free: free.clone(),
+                    writes: writes.clone(),
+                };
+                Ok((Box::new(disk) as Box<dyn Write + Send>, size))
+            })
+        };
+        let retry = Duration::from_millis(50);
+        let capture = Capture {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        };
+        let mut log = RotatingFile::with_opener(capture, "/dev/ttyTEST".into(), opener, retry);
+
+        // 1000 bytes fit; the disk fills in the middle of the next chunk (a short write), and
+        // everything after that is dropped for as long as the disk stays full.
+        log.write(&[b'a'; 900]);
+        log.write(&[b'b'; 300]);
+        for _ in 0..200 {
+            log.write(&[b'c'; 100]);
+        }
+        assert_eq!(
+            log.warnings, 1,
+            "the full disk is reported once, not per write"
+        );
+        // Retries while still full meet the same error and stay quiet.
+        std::thread::sleep(retry * 2);
+        log.write(&[b'd'; 10]);
+        std::thread::sleep(retry * 2);
+        log.write(&[b'd'; 10]);
+        assert_eq!(
+            log.warnings, 1,
+            "retries that fail the same way are not reported again"
+        );
+        let attempts = writes.load(Ordering::SeqCst);
+        assert!(
+            attempts < 10,
+            "the disk is not hammered at every chunk: {attempts} writes"
+        );
+
+        // Space returns: after the retry interval the next chunk lands, behind a marker that
+        // counts exactly what is missing (200 of the b's, 200 * 100 c's, 2 * 10 d's).
+        free.store(u64::MAX / 2, Ordering::SeqCst);
+        std::thread::sleep(retry * 2);
+        log.write(b"back again");
+        let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        let missing = 200 + 200 * 100 + 2 * 10;
+        let expected = format!(
+            "{}{}\n[jmp-exporter: {missing} bytes of console output are missing here; the log could not be written: {}]\nback again",
+            "a".repeat(900),
+            "b".repeat(100),
+            io::Error::from_raw_os_error(28)
+        );
+        assert_eq!(text, expected);
+        assert!(log.failed.is_none() && log.lost == 0);
+        assert_eq!(log.warnings, 1);
     }
 
     #[test]
