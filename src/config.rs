@@ -123,6 +123,9 @@ pub struct ExporterConfig {
     pub description: Option<String>,
     pub export: Vec<Entry>,
     pub hooks: Hooks,
+    /// Strict mode, from `run --strict` (never from the YAML, which upstream shares): driver
+    /// calls are refused unless a lease is active.
+    pub require_lease: bool,
 }
 
 impl ExporterConfig {

@@ -58,6 +58,9 @@ impl SessionHost {
         let tree = DriverTree::build(config)?;
         tree.reset().await?;
         let session = Session::for_lease(exporter_uuid, tree, lease, on_end);
+        if config.require_lease {
+            session.require_lease();
+        }
         let stop = CancellationToken::new();
         let (conns, server) = server::start(session.clone(), passphrase, stop.clone());
         let runtime_dir = runtime_dir().map_err(HostError::RuntimeDir)?;

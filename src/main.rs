@@ -98,6 +98,10 @@ struct RunArgs {
     /// Passphrase every TCP client must present (Unix sockets rely on file permissions).
     #[arg(long, env = "JMP_EXPORTER_PASSPHRASE", hide_env_values = true)]
     passphrase: Option<String>,
+    /// Strict mode: refuse driver calls (FAILED_PRECONDITION, "Exporter not ready for driver
+    /// calls") unless a lease is active or a lease hook runs. Upstream 0.9.0 never refuses.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -169,9 +173,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let Some(loaded) = load(&config_path) else {
+    let Some(mut loaded) = load(&config_path) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
+    loaded.config.require_lease = args.strict;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(jmp_exporter::server::tls_acceptor(cert, key)?),
         _ => None,

@@ -20,7 +20,7 @@ use crate::frame::{self, FrameAction};
 use crate::proto::exporter_service_server::ExporterService;
 use crate::proto::router_service_server::RouterService;
 use crate::proto::*;
-use crate::session::Session;
+use crate::session::{status_name, Session};
 use crate::value;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -36,13 +36,26 @@ impl SessionService {
         Self { session }
     }
 
-    /// Finds the driver and checks that `method` is exported with the kind the client used.
+    /// Finds the driver and checks that `method` is exported with the kind the client used;
+    /// in strict mode, first that a lease is active.
     fn lookup(
         &self,
         uuid: &str,
         method: &str,
         kind: MethodKind,
     ) -> Result<Arc<dyn Driver>, Status> {
+        if let Some(status) = self.session.call_refused_by() {
+            tracing::debug!(
+                method = %shorten(method),
+                "refused a driver call: strict mode needs an active lease (status {})",
+                status_name(status)
+            );
+            // Upstream's intended wording; the Python client turns it into ExporterNotReady.
+            return Err(Status::failed_precondition(format!(
+                "Exporter not ready for driver calls (status: {})",
+                status_name(status)
+            )));
+        }
         let driver = Uuid::parse_str(uuid)
             .ok()
             .and_then(|u| self.session.tree.driver(&u))

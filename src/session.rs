@@ -2,6 +2,7 @@
 //! the whole process in standalone mode and one lease in controller mode; everything a client
 //! can change lives here and dies with it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -30,6 +31,8 @@ pub struct Session {
     status: Mutex<StatusView>,
     /// Where EndSession goes when a controller link owns the lease's statuses.
     on_end: Option<mpsc::UnboundedSender<String>>,
+    /// Strict mode: driver calls only while a lease is active (upstream never enforces this).
+    lease_gate: AtomicBool,
 }
 
 pub const READY_MESSAGE: &str = "Ready for commands";
@@ -62,6 +65,7 @@ impl Session {
             tree,
             logs: LogQueue::register(),
             lease_name,
+            lease_gate: AtomicBool::new(false),
             status: Mutex::new(StatusView {
                 status: ExporterStatus::Available,
                 message: String::new(),
@@ -99,6 +103,27 @@ impl Session {
             status_version: view.version,
             previous_status: view.previous.map(|p| p as i32),
         }
+    }
+
+    /// Turns on strict mode: from now on driver calls need an active lease.
+    pub fn require_lease(&self) {
+        self.lease_gate.store(true, Ordering::Relaxed);
+    }
+
+    /// In strict mode, the status that forbids driver calls right now, if any. Calls are
+    /// allowed while the lease is ready and while a hook runs (hooks drive the devices).
+    pub fn call_refused_by(&self) -> Option<ExporterStatus> {
+        if !self.lease_gate.load(Ordering::Relaxed) {
+            return None;
+        }
+        let status = self.status().status;
+        let allowed = matches!(
+            status,
+            ExporterStatus::LeaseReady
+                | ExporterStatus::BeforeLeaseHook
+                | ExporterStatus::AfterLeaseHook
+        );
+        (!allowed).then_some(status)
     }
 
     /// A client asked to end the session. Without hooks this only makes the exporter
@@ -158,6 +183,31 @@ mod tests {
         assert_eq!(r.status_version, 2);
         assert_eq!(r.previous_status, Some(ExporterStatus::LeaseReady as i32));
         assert_eq!(status_name(ExporterStatus::LeaseReady), "LEASE_READY");
+    }
+
+    #[test]
+    fn strict_mode_allows_calls_only_during_a_lease_or_its_hooks() {
+        let s = session(Some("l1"));
+        assert_eq!(s.call_refused_by(), None, "off by default, as upstream");
+        s.require_lease();
+        assert_eq!(s.call_refused_by(), Some(ExporterStatus::Available));
+        for allowed in [
+            ExporterStatus::BeforeLeaseHook,
+            ExporterStatus::LeaseReady,
+            ExporterStatus::AfterLeaseHook,
+        ] {
+            s.set_status(allowed, "");
+            assert_eq!(s.call_refused_by(), None, "{allowed:?}");
+        }
+        for refused in [
+            ExporterStatus::Available,
+            ExporterStatus::BeforeLeaseHookFailed,
+            ExporterStatus::AfterLeaseHookFailed,
+            ExporterStatus::Offline,
+        ] {
+            s.set_status(refused, "");
+            assert_eq!(s.call_refused_by(), Some(refused));
+        }
     }
 
     #[test]

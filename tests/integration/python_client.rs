@@ -28,6 +28,23 @@ fn the_client_builds_the_tree_and_drives_every_demo_driver_over_a_unix_socket() 
 }
 
 #[test]
+fn strict_mode_refuses_driver_calls_once_the_session_has_ended() {
+    let exporter = Exporter::unix_with(&config("demo.yaml"), &["--strict"], &[]);
+    let refused = drive(&exporter.host(), "strict", &[]);
+    let expected = "Exporter not ready for driver calls (status: AVAILABLE)";
+    assert_eq!(refused["call"], expected, "{refused}");
+    assert_eq!(refused["streaming"], expected, "{refused}");
+    assert_ne!(refused["byte_stream"], "ok", "{refused}");
+    // Without --strict, 0.9.0 behaviour: the same calls still work after EndSession.
+    let lenient = Exporter::unix(&config("demo.yaml"));
+    let allowed = drive(&lenient.host(), "strict", &[]);
+    assert_eq!(
+        allowed,
+        json!({"call": "ok", "streaming": "ok", "byte_stream": "ok"})
+    );
+}
+
+#[test]
 fn driver_errors_reach_the_client_as_its_exceptions() {
     let exporter = Exporter::unix(&config("demo.yaml"));
     let seen = drive(&exporter.host(), "errors", &[]);

@@ -92,7 +92,44 @@ def errors(client):
     return seen
 
 
-SCENARIOS = {f.__name__: f for f in (tree, power, serial, echo, errors)}
+def strict(client):
+    """Driver calls after EndSession made the exporter AVAILABLE: what each kind of call
+    meets (refused in strict mode with the client's own exception class, else "ok")."""
+    import os
+    import time
+
+    import grpc
+    from jumpstarter.client.core import ExporterNotReady
+    from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
+
+    client.power.on()
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(grpc.insecure_channel(f"unix://{os.environ['JUMPSTARTER_HOST']}"))
+    stub.EndSession(jumpstarter_pb2.EndSessionRequest(), timeout=10)
+    deadline = time.monotonic() + 10
+    while stub.GetStatus(jumpstarter_pb2.GetStatusRequest(), timeout=5).status != common_pb2.EXPORTER_STATUS_AVAILABLE:
+        assert time.monotonic() < deadline, "never AVAILABLE after EndSession"
+        time.sleep(0.05)
+    seen = {}
+    try:
+        client.power.on()
+        seen["call"] = "ok"
+    except ExporterNotReady as e:
+        seen["call"] = str(e)
+    try:
+        list(client.power.read())
+        seen["streaming"] = "ok"
+    except ExporterNotReady as e:
+        seen["streaming"] = str(e)
+    try:
+        with client.echo.stream() as s:
+            s.send(b"x")
+            seen["byte_stream"] = "ok" if s.receive() == b"x" else "wrong bytes"
+    except Exception as e:  # the byte-stream API has no class of its own for this
+        seen["byte_stream"] = type(e).__name__
+    return seen
+
+
+SCENARIOS = {f.__name__: f for f in (tree, power, serial, echo, errors, strict)}
 
 
 

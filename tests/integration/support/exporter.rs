@@ -39,6 +39,11 @@ impl Exporter {
 
     /// The same, with extra environment variables.
     pub fn unix_with_env(config: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::unix_with(config, &[], envs)
+    }
+
+    /// The same, with extra `run` arguments and environment variables.
+    pub fn unix_with(config: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("exporter.sock");
         let mut cmd = base_command();
@@ -47,6 +52,7 @@ impl Exporter {
             .arg(config)
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .envs(envs.iter().copied());
         Self::spawn(cmd, dir, Some(socket), false)
     }
