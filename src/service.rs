@@ -264,8 +264,12 @@ async fn client_to_device(
         match inbound.message().await {
             Ok(Some(frame)) => match frame::classify(frame.frame_type, frame.payload) {
                 FrameAction::Payload(bytes) => {
-                    if !bytes.is_empty() && device.write_all(&bytes).await.is_err() {
-                        return Ok(());
+                    if let Err(e) = device.write_all(&bytes).await {
+                        // The client must learn that these bytes did not reach the device.
+                        tracing::warn!(error = %e, "byte stream: writing to the device failed");
+                        return Err(Status::unavailable(format!(
+                            "writing to the device failed: {e}"
+                        )));
                     }
                 }
                 FrameAction::Eof => break Ok(()),
