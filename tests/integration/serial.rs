@@ -431,6 +431,43 @@ fn unplug_and_replug_during_a_stream_and_while_idle() {
     let _ = &rig.dir;
 }
 
+/// The board is unplugged while the client is sending in bulk (16 MiB, far more than the
+/// board can take before the unplug): the client must not hang, and must not be told that all
+/// went well; the exporter lives on, and the port works once the board is back.
+#[test]
+fn a_board_removed_during_a_write_ends_the_write_and_the_port_recovers() {
+    let rig = Rig::new("");
+    let pid = rig.exporter.pid();
+    let board = rig.plug("v1");
+    let n = 16 * MIB;
+    let mut client = Interactive::start(&rig.host(), &["write_unplug", &n.to_string()]);
+    let line = client.next();
+    assert_eq!(line["wait"], "unplug", "{line}");
+    let seen_before = board.seen.lock().unwrap().len();
+    rig.unplug(board);
+    client.go();
+    client.expect_wait("replug");
+    let board = rig.plug("v2");
+    client.go();
+    let result = client.result();
+    eprintln!("board got {seen_before}+ bytes before the unplug; the client saw {result}");
+
+    let sent = result["sent"].as_u64().unwrap() as usize;
+    assert!(sent < n, "the client was never told: {result}");
+    assert_ne!(result["send"], "timeout", "the write hung: {result}");
+    assert_ne!(result["receive"], "timeout", "the stream hung: {result}");
+    assert!(result.get("stream").is_none(), "{result}");
+    assert!(
+        rig.exporter.log().contains("went away during a write"),
+        "the exporter says the write was cut short:\n{}",
+        rig.exporter.log()
+    );
+    assert_eq!(result["after_replug"], "hello from v2");
+    assert_eq!(script(&rig.host(), &["hello"])["reply"], "hello from v2");
+    assert_eq!(rig.exporter.pid(), pid);
+    drop(board);
+}
+
 /// Disk full while capturing the console: the log file is a link to `/dev/full` (every write
 /// fails with ENOSPC, no root needed), then the link is pointed at a real file, as if space
 /// came back.

@@ -183,6 +183,70 @@ def unplug(client):
     return result
 
 
+def write_unplug(client, n):
+    """Sends n bytes in 64 KiB chunks without waiting for any answer; the test unplugs the board
+    once 1 MiB is sent. Reports how many bytes send() accepted, how sending ended, and how the
+    receive side ended; then, after the replug, one exchange on a new stream."""
+    n = int(n)
+    data = pattern(n)
+    result = {}
+
+    async def writing():
+        sent = 0
+        told = False
+        ends = {}
+        async with client.serial.stream_async("connect") as s:
+            await s.send(f"!recv {n}\n".encode())
+
+            async def receive():
+                try:
+                    with anyio.fail_after(60):
+                        while True:
+                            await s.receive()
+                except EndOfStream:
+                    ends["receive"] = "EndOfStream"
+                except BrokenResourceError as e:
+                    ends["receive"] = failure(e)
+                except TimeoutError:
+                    ends["receive"] = "timeout"
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receive)
+                try:
+                    with anyio.fail_after(60):
+                        view = memoryview(data)
+                        for i in range(0, n, 65536):
+                            await s.send(bytes(view[i : i + 65536]))
+                            sent = i + len(view[i : i + 65536])
+                            if not told and sent >= 1 << 20:
+                                say({"wait": "unplug", "sent": sent})
+                                told = True
+                    ends["send"] = "completed"
+                except BrokenResourceError as e:
+                    ends["send"] = failure(e)
+                except TimeoutError:
+                    ends["send"] = "timeout"
+                except Exception as e:  # noqa: BLE001 - the test checks which one
+                    ends["send"] = {"raised": type(e).__name__, "message": str(e)}
+        ends["sent"] = sent
+        return ends
+
+    try:
+        result.update(client.portal.call(writing))
+    except Exception as e:  # noqa: BLE001 - the test checks which one
+        result["stream"] = failure(e)
+    assert sys.stdin.readline().strip() == "go"
+
+    async def exchange():
+        async with client.serial.stream_async("connect") as s:
+            await s.send(b"!hello\n")
+            return (await receive_until(s, b"\n", limit=10)).decode()
+
+    wait_for_test("replug")
+    result["after_replug"] = client.portal.call(exchange).strip()
+    return result
+
+
 async def refused(client):
     """Opens a stream that should be refused. A call that fails before its headers shows its
     status on the first receive (a send would only raise InvalidStateError); if the stream
@@ -225,7 +289,7 @@ def lines(client):
     return out
 
 
-SCENARIOS = {f.__name__: f for f in (login, rx, tx, loop, two, unplug, absent, hello, lines)}
+SCENARIOS = {f.__name__: f for f in (login, rx, tx, loop, two, unplug, write_unplug, absent, hello, lines)}
 
 
 def main():

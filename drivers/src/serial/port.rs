@@ -33,9 +33,19 @@
 //! reach the device even if the stream ends right after, which a client half-closing and
 //! leaving at once (`j ... pipe --no-output`) relies on. The queue is first come, first served:
 //! a stream sending in bulk to a slow port delays the others by what it has queued.
+//!
+//! ## A device that vanishes during a write
+//!
+//! Bytes a stream handed over but that never reached the device (queued, or in the write that
+//! failed) are not dropped quietly: the writer counts them against the stream that sent them
+//! ([`Undelivered`]), and that stream then fails instead of ending cleanly, its reads and
+//! writes both returning an error that names the device and says how many of its bytes were
+//! lost. A stream that lost nothing still ends with a plain end of file. Writers parked on the
+//! budget are woken at once. The open after the device returns starts with an empty queue.
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -123,6 +133,28 @@ pub struct Subscriber {
 pub struct Outgoing {
     pub data: Bytes,
     pub _budget: OwnedSemaphorePermit,
+    /// The sending stream's account of bytes that did not reach the device.
+    pub sender: Arc<Undelivered>,
+}
+
+/// What one stream handed over that the device never got.
+#[derive(Default)]
+pub struct Undelivered {
+    bytes: AtomicU64,
+    why: OnceLock<String>,
+}
+
+impl Undelivered {
+    fn add(&self, n: usize, why: &str) {
+        let _ = self.why.set(why.to_string());
+        self.bytes.fetch_add(n as u64, Ordering::SeqCst);
+    }
+
+    /// Bytes lost so far, and why; `None` while nothing was lost.
+    pub fn lost(&self) -> Option<(u64, String)> {
+        let n = self.bytes.load(Ordering::SeqCst);
+        (n > 0).then(|| (n, self.why.get().cloned().unwrap_or_default()))
+    }
 }
 
 impl Port {
@@ -360,6 +392,7 @@ async fn serve(
         write_rx,
         shared.config.cps.map(Pace::new),
         live.clone(),
+        name.clone(),
     ));
     let mut fanout = Fanout {
         subs: Vec::new(),
@@ -368,6 +401,11 @@ async fn serve(
         name: name.clone(),
     };
     let why = read_loop(device.reader, &mut fanout, &mut sub_rx, &live, stop).await;
+    // The writer words its losses with the reason, so it is set before the writer is stopped.
+    let _ = live.ended.set(
+        why.clone()
+            .unwrap_or_else(|| "the exporter is stopping".into()),
+    );
     live.gone.cancel();
     let _ = writer.await;
     if let Ok(mut lines) = live.lines.lock() {
@@ -510,19 +548,51 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Drains the write queue into the device until the open ends; a failed write ends it.
+/// Drains the write queue into the device until the open ends; a failed write ends it. What
+/// is left then is charged to the streams that sent it (see the module docs).
 async fn write_loop(
-    mut device: Box<dyn AsyncWrite + Send + Unpin>,
+    device: Box<dyn AsyncWrite + Send + Unpin>,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
-    mut pace: Option<Pace>,
+    pace: Option<Pace>,
     live: Arc<Live>,
+    name: String,
 ) {
+    let unsent = drain_into(device, &mut queue, pace, &live).await;
+    // No stream can queue more after this; what is queued already is charged with the rest.
+    queue.close();
+    live.budget.close();
+    let why = live
+        .ended
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "it went away".into());
+    let why = format!("serial console {name} went away during a write ({why})");
+    let mut lost = 0;
+    for o in unsent
+        .into_iter()
+        .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+    {
+        lost += o.data.len();
+        o.sender.add(o.data.len(), &why);
+    }
+    if lost > 0 {
+        tracing::warn!(device = %name, lost, "{why}; {lost} bytes that clients sent were not written, and their streams fail with that error");
+    }
+}
+
+/// The write loop proper; returns the batch that was being written when the device failed.
+async fn drain_into(
+    mut device: Box<dyn AsyncWrite + Send + Unpin>,
+    queue: &mut mpsc::UnboundedReceiver<Outgoing>,
+    mut pace: Option<Pace>,
+    live: &Live,
+) -> Vec<Outgoing> {
     loop {
         let first = tokio::select! {
-            _ = live.gone.cancelled() => return,
+            _ = live.gone.cancelled() => return Vec::new(),
             next = queue.recv() => match next {
                 Some(o) => o,
-                None => return,
+                None => return Vec::new(),
             },
         };
         // Batch what is already queued into one write.
@@ -546,16 +616,18 @@ async fn write_loop(
             }
             joined.freeze()
         };
+        // Part of a batch may have reached the device before it failed; the whole batch is
+        // charged, as there is no telling how much of it the device really took.
         let written = tokio::select! {
-            _ = live.gone.cancelled() => return,
+            _ = live.gone.cancelled() => return batch,
             w = write_out(&mut device, &data, pace.as_mut()) => w,
         };
-        drop(batch);
         if let Err(e) = written {
             let _ = live.ended.set(format!("write failed: {e}"));
             live.gone.cancel();
-            return;
+            return batch;
         }
+        drop(batch);
     }
 }
 

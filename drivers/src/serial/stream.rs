@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutureOwned};
 
-use super::port::{Outgoing, WRITE_CHUNK};
+use super::port::{Outgoing, Undelivered, WRITE_CHUNK};
 
 pub struct ConsoleStream {
     rx: mpsc::Receiver<Bytes>,
@@ -29,6 +29,8 @@ pub struct ConsoleStream {
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     read_closed: bool,
     device: Arc<str>,
+    /// What this stream sent that never reached the device.
+    undelivered: Arc<Undelivered>,
 }
 
 impl ConsoleStream {
@@ -50,14 +52,31 @@ impl ConsoleStream {
             closed,
             read_closed: false,
             device,
+            undelivered: Arc::default(),
         }
     }
 
     fn gone(&self) -> io::Error {
-        io::Error::new(
+        self.lost().unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!(
+                    "serial console {} went away; connect again once it is back",
+                    self.device
+                ),
+            )
+        })
+    }
+
+    /// The error for a stream whose bytes did not all reach the device, if they did not.
+    fn lost(&self) -> Option<io::Error> {
+        let (n, why) = self.undelivered.lost()?;
+        Some(io::Error::new(
             io::ErrorKind::BrokenPipe,
-            format!("serial console {} went away", self.device),
-        )
+            format!(
+                "{why}: {n} bytes this stream sent were not written to it; connect again once it is back and send them again"
+            ),
+        ))
     }
 }
 
@@ -89,10 +108,13 @@ impl AsyncRead for ConsoleStream {
                 Poll::Ready(Some(chunk)) => this.current = chunk,
                 Poll::Ready(None) if buf.filled().len() > start => return Poll::Ready(Ok(())),
                 Poll::Ready(None) => {
-                    return Poll::Ready(match this.dropped.get() {
-                        Some(reason) => Err(io::Error::other(reason.clone())),
-                        None => Ok(()),
-                    })
+                    // The port ends the streams only after charging lost writes, so a stream
+                    // that lost some learns it here instead of seeing a clean end.
+                    return Poll::Ready(match (this.dropped.get(), this.lost()) {
+                        (Some(reason), _) => Err(io::Error::other(reason.clone())),
+                        (None, Some(lost)) => Err(lost),
+                        (None, None) => Ok(()),
+                    });
                 }
                 Poll::Pending if buf.filled().len() > start => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
@@ -127,6 +149,7 @@ impl AsyncWrite for ConsoleStream {
         let outgoing = Outgoing {
             data: Bytes::copy_from_slice(&buf[..n]),
             _budget: permit,
+            sender: self.undelivered.clone(),
         };
         match self.writes.send(outgoing) {
             Ok(()) => Poll::Ready(Ok(n)),
@@ -140,7 +163,8 @@ impl AsyncWrite for ConsoleStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The device is shared: one stream's end of input does not end anyone else's.
-        Poll::Ready(Ok(()))
+        // The device is shared: one stream's end of input does not end anyone else's. But a
+        // sender finishing after its bytes were lost is told so.
+        Poll::Ready(self.lost().map_or(Ok(()), Err))
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::{timeout, Instant};
 use tokio_serial::{SerialPort, SerialStream};
 
-use super::port::STALL;
+use super::port::{STALL, WRITE_BUDGET, WRITE_CHUNK};
 use super::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -505,4 +505,91 @@ async fn a_path_that_is_not_a_terminal_is_refused_with_the_reason() {
     let driver = serial(&file, "").build().unwrap();
     let m = unavailable(driver.connect("connect").await);
     assert!(m.contains("not a terminal device"), "{m}");
+}
+
+/// The device vanishes while a stream is writing in bulk (the board stopped reading, so the
+/// terminal's buffer and the write queue are full and the writer is parked): the write fails
+/// with an error that names the device and counts what was lost, the read side fails the same
+/// way instead of ending cleanly, and the port works again once the device is back.
+#[tokio::test]
+async fn a_device_removed_during_a_write_fails_the_writer_and_counts_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-Test_Board_1234-if00-port0");
+    let board = Board::new();
+    std::os::unix::fs::symlink(&board.path, &link).unwrap();
+    let driver = serial(&link, "").build().unwrap();
+    let io = driver.connect("connect").await.expect("present");
+    let (mut reader, mut writer) = tokio::io::split(io);
+
+    // Write until the writer parks: nothing is read on the board's side.
+    let (accepted_tx, mut accepted_rx) = tokio::sync::watch::channel(0usize);
+    let writing = tokio::spawn(async move {
+        let chunk = vec![0x55u8; 16 * 1024];
+        let mut accepted = 0usize;
+        loop {
+            match writer.write(&chunk).await {
+                Ok(n) => {
+                    accepted += n;
+                    let _ = accepted_tx.send(accepted);
+                }
+                Err(e) => return (accepted, e),
+            }
+        }
+    });
+    // Parked: the count stops moving once the queue and the terminal's buffer are full.
+    let mut last = 0;
+    loop {
+        match timeout(Duration::from_millis(500), accepted_rx.changed()).await {
+            Ok(_) => last = *accepted_rx.borrow(),
+            Err(_) if last >= WRITE_BUDGET => break,
+            Err(_) => {}
+        }
+    }
+
+    drop(board); // Unplugged in the middle of it.
+    let (accepted, error) = timeout(T, writing)
+        .await
+        .expect("the parked write ended")
+        .unwrap();
+    let message = error.to_string();
+    assert!(
+        message.contains(&link.display().to_string()) && message.contains("during a write"),
+        "{message}"
+    );
+    let lost: usize = message
+        .split(": ")
+        .find_map(|part| part.strip_suffix(" bytes this stream sent were not written to it; connect again once it is back and send them again").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no count in {message:?}"));
+    // What was accepted is either lost (and counted) or was taken by the kernel's buffer of the
+    // terminal before it vanished; the queue alone held WRITE_BUDGET.
+    assert!(
+        lost >= WRITE_BUDGET - WRITE_CHUNK && lost <= accepted,
+        "lost {lost} of {accepted}"
+    );
+    eprintln!(
+        "accepted {accepted} bytes before the removal; {lost} were counted as lost, {} had reached the terminal",
+        accepted - lost
+    );
+    let mut rest = Vec::new();
+    let read = timeout(T, reader.read_to_end(&mut rest))
+        .await
+        .expect("the read side ended");
+    let read_error = read.expect_err("a stream that lost writes does not end cleanly");
+    assert_eq!(read_error.to_string(), message);
+
+    // Back behind the same link: a fresh stream works, and a stream that never wrote ends
+    // cleanly at the next removal.
+    std::fs::remove_file(&link).unwrap();
+    let board = Board::new();
+    std::os::unix::fs::symlink(&board.path, &link).unwrap();
+    let mut io = driver.connect("connect").await.expect("back");
+    io.write_all(b"again\n").await.unwrap();
+    board.expect(&[b"again\n"]).await;
+    board.write_all(b"pong\n").await;
+    read_until(&mut io, b"pong\n").await;
+    let mut quiet = driver.connect("connect").await.expect("back");
+    drop(board);
+    read_to_end(&mut quiet)
+        .await
+        .expect("nothing lost, a clean end");
 }
