@@ -21,6 +21,7 @@ pub mod lease;
 pub mod logging;
 pub mod logs;
 pub mod proto;
+pub mod rejection;
 pub mod server;
 pub mod service;
 pub mod session;

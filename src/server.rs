@@ -138,6 +138,7 @@ pub fn start(
             // Bounds what one connection can hold open; a `jmp shell` uses a handful.
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .layer(InterceptorLayer::new(check))
+            .layer(tower::util::MapResponseLayer::new(crate::rejection::log))
             .add_service(ExporterServiceServer::new(service.clone()))
             .add_service(RouterServiceServer::new(service))
             .serve_with_incoming_shutdown(incoming, graceful.cancelled_owned());

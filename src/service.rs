@@ -277,7 +277,7 @@ async fn client_to_device(
             },
             Ok(None) => break Ok(()),
             Err(status) => {
-                tracing::debug!(error = %status, "byte stream request could not be read");
+                tracing::warn!(error = %status, "byte stream: a client frame could not be read");
                 break Err(status);
             }
         }
