@@ -103,14 +103,77 @@ impl SessionHost {
     }
 }
 
+/// Names of this exporter's runtime directories: `jmp-exporter-<pid>-<random>`, so that the
+/// ones of a process that was killed can be recognised and removed.
+const RUNTIME_PREFIX: &str = "jmp-exporter-";
+
 /// A fresh private directory under `$XDG_RUNTIME_DIR` (the systemd unit's RuntimeDirectory),
-/// else the system temporary directory.
+/// else the system temporary directory. The first call also removes directories left by
+/// exporters that were killed.
 fn runtime_dir() -> std::io::Result<tempfile::TempDir> {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
+    SWEEP.call_once(|| sweep_stale(&base));
     tempfile::Builder::new()
-        .prefix("jumpstarter-")
+        .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
         .tempdir_in(base)
+}
+
+/// Removes runtime directories whose process is gone (a SIGKILL leaves them behind).
+fn sweep_stale(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUNTIME_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(
+                path = %entry.path().display(),
+                "removed the runtime directory of an exporter that did not stop cleanly"
+            ),
+            Err(e) => tracing::warn!(
+                path = %entry.path().display(),
+                error = %e,
+                "cannot remove a stale runtime directory"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_directories_of_dead_exporters_are_swept() {
+        let base = tempfile::tempdir().unwrap();
+        // A pid above the kernel's limit (4194304) never runs.
+        let dead = base.path().join("jmp-exporter-4999999-abc");
+        let alive = base
+            .path()
+            .join(format!("jmp-exporter-{}-def", std::process::id()));
+        let init = base.path().join("jmp-exporter-1-ghi");
+        let other = base.path().join("jumpstarter-4999999");
+        for dir in [&dead, &alive, &init, &other] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(dead.join("hook.sock"), b"").unwrap();
+        sweep_stale(base.path());
+        assert!(!dead.exists());
+        assert!(alive.exists() && init.exists() && other.exists());
+    }
 }

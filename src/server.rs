@@ -209,6 +209,15 @@ pub fn listen_unix(
     };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
+            // A socket file left by a killed process is replaced; one a live process still
+            // answers on is not taken over.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is serving on it; stop that process or choose another path",
+                )));
+            }
+            tracing::info!(path = %path.display(), "replacing a stale socket file");
             std::fs::remove_file(path).map_err(err)?;
         }
     }

@@ -173,3 +173,143 @@ async fn a_router_that_stops_answering_is_detected_by_keepalive() {
     );
     drop(exporter);
 }
+
+/// The exporter's runtime directories (hook sockets) under `base`.
+fn runtime_dirs(base: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("jmp-exporter-"))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_exporter_restarts_clean_registers_again_and_serves_its_lease() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let runtime_path = runtime.path().to_str().unwrap().to_string();
+    let config = write_config(&c, &dir, c.exporter_config_yaml(EXPORT)).await;
+    let (cfg, env) = (config.clone(), runtime_path.clone());
+    let mut first = tokio::task::spawn_blocking(move || {
+        Exporter::controller_with_env(&cfg, &[("XDG_RUNTIME_DIR", &env)])
+    })
+    .await
+    .unwrap();
+    let lease = c.create_ready_lease().await;
+    let stale = runtime_dirs(runtime.path());
+    assert_eq!(stale.len(), 1, "one session, one runtime directory");
+
+    first.signal("KILL");
+    assert!(first.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(stale[0].exists(), "SIGKILL leaves the directory behind");
+
+    let mark = c.mark();
+    let (cfg, env) = (config.clone(), runtime_path.clone());
+    let second = tokio::task::spawn_blocking(move || {
+        Exporter::controller_with_env(&cfg, &[("XDG_RUNTIME_DIR", &env)])
+    })
+    .await
+    .unwrap();
+    let ready = c
+        .wait_for_after(
+            mark,
+            |e| {
+                matches!(
+                    e,
+                    Event::ReportStatus {
+                        status: ExporterStatus::LeaseReady,
+                        ..
+                    }
+                )
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(
+        ready.is_some(),
+        "the restarted exporter did not take up its lease again: {:#?}\n{}",
+        c.events(),
+        second.log()
+    );
+    assert!(
+        c.events()[mark..]
+            .iter()
+            .any(|e| matches!(e, Event::Register { .. })),
+        "no second Register"
+    );
+    // The lease a client holds survived the crash: it drives the exporter again.
+    let mut client = router_client::connect(&c, &lease, CancellationToken::new()).await;
+    let report = client
+        .get_report(())
+        .await
+        .expect("GetReport after the restart");
+    assert_eq!(report.into_inner().reports.len(), 2);
+    let now = runtime_dirs(runtime.path());
+    assert!(
+        !stale[0].exists(),
+        "the killed exporter's directory is still there: {now:?}\n{}",
+        second.log()
+    );
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(second.log().contains("did not stop cleanly"));
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken_over() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("exporter.sock");
+    let config = crate::support::exporter::config("demo.yaml");
+    let start = || {
+        Command::new(crate::support::exporter::binary())
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_serving = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(std::time::Instant::now() < deadline, "never served");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut killed = start();
+    wait_serving();
+    killed.kill().unwrap(); // SIGKILL: the socket file stays
+    killed.wait().unwrap();
+    assert!(socket.exists());
+
+    let mut second = start();
+    wait_serving();
+    let host = socket.to_str().unwrap().to_string();
+    assert_eq!(
+        crate::support::python::drive(&host, "power", &[])["readings"][1][2],
+        10.0
+    );
+
+    // A third exporter on the same path while the second one serves: refused, clearly.
+    let third = start().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(!third.status.success());
+    assert!(
+        stderr.contains("another process is serving on it"),
+        "{stderr}"
+    );
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
