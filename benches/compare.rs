@@ -1,25 +1,39 @@
 //! Side-by-side benchmark: jmp-exporter, the upstream Python exporter 0.9.0, and a minimal
 //! tonic server on the same protos (the practical limit of the stack on this machine), all
-//! measured by the same Rust load generator over loopback TCP (h2c).
+//! measured by the same Rust load generator over loopback TCP (h2c); then jmp-exporter leased
+//! through the fake controller's router, serial through a pseudo-terminal, and a sustained
+//! mixed load that watches our memory.
 //!
-//! Run: `cargo bench --bench compare` (about three minutes). Prints one table with ratios and
-//! writes `target/bench/compare.json`. `JMP_BENCH_SECONDS` sets the length of each
-//! measurement (default 3). The Python exporter comes from the tests' virtualenv
-//! (`jmp_testkit::python`), created on first use.
+//! Run: `cargo bench --bench compare` (about four minutes). Prints markdown tables (ready to
+//! paste into the README) and writes `target/bench/compare.json`. `JMP_BENCH_SECONDS` sets the
+//! length of each measurement (default 3), `JMP_BENCH_SUSTAINED_SECONDS` the memory phase
+//! (default 60). The Python exporter comes from the tests' virtualenv (`jmp_testkit::python`),
+//! created on first use.
+//!
+//! Helper processes are this same binary started again with an environment variable: the
+//! minimal server (`JMP_BENCH_MINIMAL_SERVER=ADDR`) and the fake controller + router
+//! (`JMP_BENCH_FAKE_CONTROLLER=DIR`), which must not share a process with the load generator,
+//! or the tunnel would be charged for the load generator's work and the other way round.
+//! `JMP_BENCH_PROFILE=unary|echo` with `JMP_BENCH_ADDR` and `JMP_BENCH_COUNT` only drives a
+//! fixed amount of load at an address and exits, for running a server under callgrind or perf.
 //!
 //! This is a measurement, not a test: it asserts nothing and is not part of `cargo test`.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use jmp_exporter::config::TlsConfig;
+use jmp_exporter::controller::{self, ChannelOptions};
 use jmp_exporter::frame;
+use jmp_exporter::proto::controller_service_client::ControllerServiceClient;
 use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_exporter::proto::exporter_service_server::{ExporterService, ExporterServiceServer};
 use jmp_exporter::proto::router_service_client::RouterServiceClient;
@@ -29,6 +43,7 @@ use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+/// The README's demo config, the one every exporter is measured with.
 const DEMO_EXPORT: &str = "export:\n  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: 'loop://'\n";
 
 fn seconds() -> Duration {
@@ -36,6 +51,14 @@ fn seconds() -> Duration {
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+fn sustained_seconds() -> Duration {
+    let s = std::env::var("JMP_BENCH_SUSTAINED_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(60.0);
     Duration::from_secs_f64(s)
 }
 
@@ -51,6 +74,10 @@ struct Target {
     child: Child,
     access: Access,
     start_to_report: Duration,
+    /// A process the target needs (the fake controller), stopped with it.
+    helper: Option<Child>,
+    /// The pseudo-terminal echo peer the target's serial port is attached to.
+    _pty: Option<PtyEcho>,
     _dir: tempfile::TempDir,
 }
 
@@ -58,15 +85,25 @@ struct Target {
 enum Access {
     /// Direct h2c over loopback TCP.
     Tcp(String),
-    /// Through the fake controller's router, one tunnel per connection, as a leased client.
-    Router {
-        controller: jmp_testkit::FakeController,
-        lease: String,
-    },
+    /// Through the fake controller's router (in its own process), one tunnel per connection,
+    /// as a leased client.
+    Router(RouterAccess),
+}
+
+/// What a client needs to dial a lease through the fake controller.
+struct RouterAccess {
+    endpoint: String,
+    ca: String,
+    client_token: String,
+    lease: String,
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
+        if let Some(mut helper) = self.helper.take() {
+            let _ = helper.kill();
+            let _ = helper.wait();
+        }
         // `jmp run` forks the process that does the work: stop the whole tree.
         for pid in tree_pids(self.child.id()).into_iter().skip(1) {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
@@ -83,14 +120,22 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn demo_config(dir: &Path) -> PathBuf {
-    let path = dir.join("demo.yaml");
+fn write_config(dir: &Path, export: &str) -> PathBuf {
+    let path = dir.join("exporter.yaml");
     std::fs::write(
         &path,
-        format!("apiVersion: jumpstarter.dev/v1alpha1\nkind: ExporterConfig\nmetadata:\n  namespace: default\n  name: bench\n{DEMO_EXPORT}"),
+        format!("apiVersion: jumpstarter.dev/v1alpha1\nkind: ExporterConfig\nmetadata:\n  namespace: default\n  name: bench\n{export}"),
     )
     .expect("write config");
     path
+}
+
+/// An export of one PySerial port on a pseudo-terminal.
+fn pty_export(pty: &PtyEcho) -> String {
+    format!(
+        "export:\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: '{}'\n",
+        pty.path
+    )
 }
 
 /// Starts a target and measures the time from spawn to the first answered GetReport.
@@ -130,24 +175,26 @@ async fn start(
         child,
         access: Access::Tcp(addr),
         start_to_report: started.elapsed(),
+        helper: None,
+        _pty: None,
         _dir: dir,
     }
 }
 
-async fn ours() -> Target {
+async fn ours(name: &'static str, export: &str) -> Target {
     let dir = tempfile::tempdir().unwrap();
-    let config = demo_config(dir.path());
+    let config = write_config(dir.path(), export);
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"));
     cmd.args(["--log-level", "warn", "run", "--config"])
         .arg(&config)
         .args(["--tls-grpc-listener", &addr, "--tls-grpc-insecure"]);
-    start("jmp-exporter", cmd, dir, addr).await
+    start(name, cmd, dir, addr).await
 }
 
-async fn python() -> Target {
+async fn python(name: &'static str, export: &str) -> Target {
     let dir = tempfile::tempdir().unwrap();
-    let config = demo_config(dir.path());
+    let config = write_config(dir.path(), export);
     let addr = format!("127.0.0.1:{}", free_port());
     let bin = jmp_testkit::python::venv_bin();
     let mut cmd = Command::new(bin.join("jmp"));
@@ -162,7 +209,7 @@ async fn python() -> Target {
                 std::env::var("PATH").unwrap_or_default()
             ),
         );
-    start("python 0.9.0", cmd, dir, addr).await
+    start(name, cmd, dir, addr).await
 }
 
 async fn minimal() -> Target {
@@ -366,59 +413,234 @@ async fn channels(target: &Target, n: usize) -> Vec<Channel> {
                 .connect()
                 .await
                 .unwrap(),
-            Access::Router { controller, lease } => {
-                jmp_testkit::client::channel(
-                    controller,
-                    lease,
-                    tokio_util::sync::CancellationToken::new(),
-                )
-                .await
-            }
+            Access::Router(router) => tunnel_channel(router).await,
         });
     }
     out
 }
 
-/// jmp-exporter in controller mode, leased, reached through the fake router.
+/// Dials the lease as the Python client does (ControllerService.Dial with the client's token,
+/// retrying while the controller holds or its token queue is full) and returns a channel whose
+/// one connection is carried by a router tunnel. The client's half of the tunnel runs here,
+/// as it would in the client's process.
+async fn tunnel_channel(router: &RouterAccess) -> Channel {
+    let tls = controller::client_tls(&TlsConfig {
+        ca: router.ca.clone(),
+        insecure: false,
+    })
+    .unwrap();
+    let options = ChannelOptions::default();
+    let mut client = ControllerServiceClient::new(
+        controller::channel(&router.endpoint, tls.clone(), &options).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dialled = loop {
+        let mut request = Request::new(DialRequest {
+            lease_name: router.lease.clone(),
+        });
+        let md = request.metadata_mut();
+        let bearer = format!("Bearer {}", router.client_token);
+        md.insert("authorization", bearer.parse().unwrap());
+        md.insert("jumpstarter-namespace", "default".parse().unwrap());
+        md.insert("jumpstarter-kind", "Client".parse().unwrap());
+        md.insert("jumpstarter-name", "client1".parse().unwrap());
+        match client.dial(request).await {
+            Ok(r) => break r.into_inner(),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("dial: {s:?}"),
+        }
+    };
+    let channel = controller::channel(&dialled.router_endpoint, tls, &options).unwrap();
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let token = dialled.router_token;
+    tokio::spawn(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        jmp_exporter::tunnel::bridge(channel, &token, theirs, stop).await
+    });
+    jmp_testkit::client::channel_over(ours).await
+}
+
+/// The fake controller and router, serving from this process until the parent closes our
+/// stdin. Tells the parent, one line each on stdout, `ENDPOINT CA CLIENT_TOKEN` once the
+/// exporter's config is written to `DIR/exporter.yaml`, then the lease's name once the
+/// exporter reported it ready.
+fn serve_controller(dir: &Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let controller = jmp_testkit::FakeController::start(jmp_testkit::Options::default()).await;
+        let export = DEMO_EXPORT.replacen("export:\n", "", 1);
+        std::fs::write(
+            dir.join("exporter.yaml"),
+            controller.exporter_config_yaml(&export),
+        )
+        .unwrap();
+        println!(
+            "{} {} {}",
+            controller.endpoint(),
+            controller.ca_base64(),
+            controller.client_token()
+        );
+        println!("{}", controller.create_ready_lease().await);
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        })
+        .await;
+    });
+}
+
+/// jmp-exporter in controller mode, leased, reached through the fake router running in a
+/// process of its own.
 async fn ours_through_router() -> Target {
-    use jmp_testkit::{Event, FakeController, Options};
-    let controller = FakeController::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("exporter.yaml");
-    let export = DEMO_EXPORT.replacen("export:\n", "", 1);
-    std::fs::write(&config, controller.exporter_config_yaml(&export)).unwrap();
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .env("JMP_BENCH_FAKE_CONTROLLER", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the fake controller");
+    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
+    let mut next_line = move || {
+        tokio::task::block_in_place(|| lines.next())
+            .and_then(Result::ok)
+            .expect("the fake controller ended early")
+    };
+    let first = next_line();
+    let fields: Vec<&str> = first.split(' ').collect();
+    let [endpoint, ca, client_token] = fields[..] else {
+        panic!("unexpected line from the fake controller: {first}");
+    };
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"))
         .args(["--log-level", "warn", "run", "--config"])
-        .arg(&config)
+        .arg(dir.path().join("exporter.yaml"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start jmp-exporter");
-    let lease = controller.create_lease().await;
-    let ready = controller
-        .wait_for(
-            |e| {
-                matches!(
-                    e,
-                    Event::ReportStatus {
-                        status: ExporterStatus::LeaseReady,
-                        ..
-                    }
-                )
-            },
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(ready.is_some(), "the exporter never became ready");
+    let lease = next_line();
     Target {
         name: "jmp-exporter via router",
         child,
-        access: Access::Router { controller, lease },
+        access: Access::Router(RouterAccess {
+            endpoint: endpoint.to_string(),
+            ca: ca.to_string(),
+            client_token: client_token.to_string(),
+            lease,
+        }),
         start_to_report: started.elapsed(),
+        helper: Some(helper),
+        _pty: None,
         _dir: dir,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A serial peer: the master side of a pseudo-terminal that sends back whatever it reads.
+
+struct PtyEcho {
+    /// The terminal device the exporter opens.
+    path: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyEcho {
+    fn start() -> PtyEcho {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use rustix::fs::{Mode, OFlags};
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let path = ptsname(&master, Vec::new())
+            .expect("ptsname")
+            .into_string()
+            .expect("utf-8 terminal name");
+        // Held open here so the master never reads EIO while the exporter has the port closed
+        // (between streams, or before its driver opens it).
+        let terminal = rustix::fs::open(
+            path.as_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open the terminal side");
+        rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK).expect("non-blocking master");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let _terminal = terminal;
+                let tick = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000_000,
+                };
+                let wait = |flags| {
+                    let mut fds = [PollFd::new(&master, flags)];
+                    matches!(poll(&mut fds, Some(&tick)), Ok(n) if n > 0)
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    if !wait(PollFlags::IN) {
+                        continue;
+                    }
+                    let n = match rustix::io::read(&master, &mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => n,
+                        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => continue,
+                        Err(_) => return,
+                    };
+                    let mut data = &buf[..n];
+                    while !data.is_empty() && !stop.load(Ordering::Relaxed) {
+                        match rustix::io::write(&master, data) {
+                            Ok(w) => data = &data[w..],
+                            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                                wait(PollFlags::OUT);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }
+            })
+        };
+        PtyEcho {
+            path,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PtyEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serial through a pseudo-terminal echo peer: `make` starts the exporter on the export it is
+/// given.
+async fn serial_pty<F, Fut>(make: F) -> Value
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Target>,
+{
+    let pty = PtyEcho::start();
+    let mut target = make(pty_export(&pty)).await;
+    target._pty = Some(pty);
+    echo(&target, "serial", 4096).await
 }
 
 async fn uuid_of(channel: &Channel, name: &str) -> String {
@@ -650,6 +872,189 @@ async fn measure(target: &Target) -> Value {
     json!(results)
 }
 
+/// Sustained mixed load on one target while its memory is sampled: unary callers, streaming
+/// calls, and byte streams opened, filled and closed over and over (so that anything kept per
+/// call or per stream would show as growth).
+async fn sustained(target: &Target) -> Value {
+    let total = sustained_seconds();
+    let every = Duration::from_secs(5).min(total);
+    let chans = channels(target, 12).await;
+    let power = uuid_of(&chans[0], "power").await;
+    let echo_uuid = uuid_of(&chans[0], "echo").await;
+    let pid = target.child.id();
+    let begin = Instant::now();
+    let deadline = begin + total;
+    let calls = Arc::new(AtomicU64::new(0));
+    let streams = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, channel) in chans.into_iter().enumerate() {
+        let (power, echo_uuid) = (power.clone(), echo_uuid.clone());
+        let (calls, streams) = (calls.clone(), streams.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = ExporterServiceClient::new(channel.clone());
+            while Instant::now() < deadline {
+                match i % 4 {
+                    // Half the connections: unary calls.
+                    0 | 1 => {
+                        let request = DriverCallRequest {
+                            uuid: power.clone(),
+                            method: "on".into(),
+                            args: vec![],
+                        };
+                        if client.driver_call(request).await.is_ok() {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    2 => {
+                        let request = StreamingDriverCallRequest {
+                            uuid: power.clone(),
+                            method: "read".into(),
+                            args: vec![],
+                        };
+                        if let Ok(r) = client.streaming_driver_call(request).await {
+                            let mut s = r.into_inner();
+                            while let Ok(Some(_)) = s.message().await {}
+                            calls.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // One byte stream at a time: 64 KiB in 4 KiB writes, echoed, then closed.
+                    _ => {
+                        let (tx, mut rx) = open_stream(&channel, &echo_uuid).await;
+                        let chunk = Bytes::from(vec![0xa5u8; 4096]);
+                        let writer = tokio::spawn(async move {
+                            for _ in 0..16 {
+                                let _ = tx.send(frame::data_request(chunk.clone())).await;
+                            }
+                            let _ = tx.send(frame::goaway_request()).await;
+                        });
+                        let mut got = 0;
+                        while got < 16 * 4096 {
+                            match rx.message().await {
+                                Ok(Some(f)) => got += f.payload.len(),
+                                _ => break,
+                            }
+                        }
+                        let _ = writer.await;
+                        streams.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    loop {
+        let (rss, pss, _) = memory(pid);
+        let at = begin.elapsed().as_secs_f64();
+        samples.push(json!({"at_s": at.round(), "rss_kib": rss, "pss_kib": pss}));
+        let next = begin + every * samples.len() as u32;
+        if next > deadline + Duration::from_millis(100) {
+            break;
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let field =
+        |k: &str| -> Vec<u64> { samples.iter().map(|v| v[k].as_u64().unwrap_or(0)).collect() };
+    let (rss, pss) = (field("rss_kib"), field("pss_kib"));
+    let elapsed = begin.elapsed().as_secs_f64();
+    let summary = |v: &[u64]| {
+        let (first, last) = (v[0], *v.last().unwrap());
+        json!({
+            "start": first,
+            "end": last,
+            "peak": v.iter().max(),
+            "growth": last as i64 - first as i64,
+            "growth_pct": (last as f64 - first as f64) / first.max(1) as f64 * 100.0,
+        })
+    };
+    json!({
+        "seconds": elapsed,
+        "calls_per_s": calls.load(Ordering::Relaxed) as f64 / elapsed,
+        "byte_streams_per_s": streams.load(Ordering::Relaxed) as f64 / elapsed,
+        "rss_kib": summary(&rss),
+        "pss_kib": summary(&pss),
+        "samples": samples,
+    })
+}
+
+/// Profile mode: a fixed amount of load at `JMP_BENCH_ADDR`, nothing measured, so that a
+/// server running under callgrind can be charged per call (run it twice with different
+/// counts; the difference divided by the difference in count is the cost of one call).
+fn profile_load(kind: &str) {
+    let addr = std::env::var("JMP_BENCH_ADDR").expect("JMP_BENCH_ADDR");
+    let count: u64 = std::env::var("JMP_BENCH_COUNT")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(10_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let target = Target {
+            name: "profiled",
+            child: Command::new("true").spawn().unwrap(),
+            access: Access::Tcp(addr),
+            start_to_report: Duration::ZERO,
+            helper: None,
+            _pty: None,
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        let chans = channels(&target, 16).await;
+        let begin = Instant::now();
+        match kind {
+            "unary" => {
+                let uuid = uuid_of(&chans[0], "power").await;
+                let left = Arc::new(AtomicU64::new(count));
+                let mut tasks = Vec::new();
+                for channel in chans {
+                    let (uuid, left) = (uuid.clone(), left.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut client = ExporterServiceClient::new(channel);
+                        while left
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok()
+                        {
+                            let request = DriverCallRequest {
+                                uuid: uuid.clone(),
+                                method: "on".into(),
+                                args: vec![],
+                            };
+                            client.driver_call(request).await.unwrap();
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+            "echo" => {
+                // COUNT writes of 4 KiB through one echo stream.
+                let uuid = uuid_of(&chans[0], "echo").await;
+                let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
+                let chunk = Bytes::from(vec![0x5au8; 4096]);
+                let writer = tokio::spawn(async move {
+                    for _ in 0..count {
+                        tx.send(frame::data_request(chunk.clone())).await.unwrap();
+                    }
+                    let _ = tx.send(frame::goaway_request()).await;
+                });
+                let mut got = 0u64;
+                while got < count * 4096 {
+                    match rx.message().await {
+                        Ok(Some(f)) => got += f.payload.len() as u64,
+                        _ => break,
+                    }
+                }
+                writer.await.unwrap();
+            }
+            other => panic!("JMP_BENCH_PROFILE={other}: use unary or echo"),
+        }
+        eprintln!("{kind} x {count}: {:?}", begin.elapsed());
+    });
+}
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -659,7 +1064,15 @@ fn machine() -> Value {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu})
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "load_average_1min_at_start": load,
+    })
 }
 
 fn get(v: &Value, path: &str) -> f64 {
@@ -669,44 +1082,128 @@ fn get(v: &Value, path: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Numbers as the README shows them: thin spaces between thousands, fewer decimals as they
+/// grow.
+fn show(x: f64) -> String {
+    if !x.is_finite() {
+        return String::new();
+    }
+    let text = if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    };
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), None), |(a, b)| (a, Some(b)));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn ratio(x: f64, y: f64) -> String {
+    if y.is_finite() && y != 0.0 && x.is_finite() {
+        let r = x / y;
+        if r >= 10.0 {
+            format!("{r:.0}")
+        } else if r >= 0.1 {
+            format!("{r:.2}")
+        } else {
+            format!("{r:.3}")
+        }
+    } else {
+        String::new()
+    }
+}
+
+/// The main table, as markdown.
 fn print_table(results: &Value) {
-    let rows: &[(&str, &str, bool)] = &[
+    // (label, key, target): the targets are the issue's, ratios ours/Python and ours/limit.
+    let rows: &[(&str, &str, &str)] = &[
         (
             "start → first GetReport (ms)",
             "start_to_get_report_ms",
-            false,
+            "< 50 ms",
         ),
-        ("unary, 1 caller (calls/s)", "unary_1.calls_per_s", true),
-        ("unary, 16 callers (calls/s)", "unary_16.calls_per_s", true),
-        ("unary, 64 callers (calls/s)", "unary_64.calls_per_s", true),
-        ("unary, 16 callers p50 (µs)", "unary_16.p50_us", false),
-        ("unary, 16 callers p99 (µs)", "unary_16.p99_us", false),
         (
-            "unary CPU per call, 16 callers (µs)",
+            "unary DriverCall, 1 caller (calls/s)",
+            "unary_1.calls_per_s",
+            "",
+        ),
+        (
+            "unary DriverCall, 16 callers (calls/s)",
+            "unary_16.calls_per_s",
+            "≥ 20× Python, ≥ 0.8 limit",
+        ),
+        (
+            "unary DriverCall, 64 callers (calls/s)",
+            "unary_64.calls_per_s",
+            "",
+        ),
+        ("unary p50, 16 callers (µs)", "unary_16.p50_us", ""),
+        ("unary p99, 16 callers (µs)", "unary_16.p99_us", ""),
+        (
+            "exporter CPU per call, 16 callers (µs)",
             "unary_16.cpu_us_per_call",
-            false,
+            "≤ 1/20 Python",
         ),
         (
-            "streaming read (messages/s)",
+            "streaming `read` (messages/s)",
             "streaming_16.messages_per_s",
-            true,
+            "",
         ),
-        ("echo 256 B writes (MB/s)", "echo_256.mb_per_s", true),
-        ("echo 4 KiB writes (MB/s)", "echo_4096.mb_per_s", true),
-        ("echo 32 KiB writes (MB/s)", "echo_32768.mb_per_s", true),
-        ("echo 32 KiB CPU (s/GB)", "echo_32768.cpu_s_per_gb", false),
+        (
+            "echo stream, 256 B writes (MB/s)",
+            "echo_256.mb_per_s",
+            "≥ 30× Python, ≥ 0.8 limit",
+        ),
+        (
+            "echo stream, 4 KiB writes (MB/s)",
+            "echo_4096.mb_per_s",
+            "≥ 0.8 limit",
+        ),
+        (
+            "echo stream, 32 KiB writes (MB/s)",
+            "echo_32768.mb_per_s",
+            "≥ 10× Python, ≥ 0.8 limit",
+        ),
+        (
+            "echo 32 KiB, exporter CPU (s/GB)",
+            "echo_32768.cpu_s_per_gb",
+            "",
+        ),
         (
             "stream open → first byte p50 (µs)",
             "echo_4096.first_byte_p50_us",
-            false,
+            "",
         ),
         (
-            "serial loop:// 4 KiB (MB/s)",
+            "serial `loop://`, 4 KiB writes (MB/s)",
             "serial_loop_4096.mb_per_s",
-            true,
+            "",
         ),
-        ("PSS after load (KiB)", "memory_kib.pss", false),
-        ("RSS peak (KiB)", "memory_kib.peak_rss", false),
+        (
+            "serial via a pty echo peer, 4 KiB writes (MB/s)",
+            "serial_pty_4096.mb_per_s",
+            "",
+        ),
+        (
+            "PSS after the run (KiB)",
+            "memory_kib.pss",
+            "≤ 1/10 Python, < 12 MiB",
+        ),
+        ("RSS peak (KiB)", "memory_kib.peak_rss", ""),
     ];
     let (o, p, m) = (
         &results["jmp-exporter"],
@@ -714,27 +1211,13 @@ fn print_table(results: &Value) {
         &results["minimal tonic"],
     );
     println!(
-        "\n{:<40} {:>14} {:>14} {:>14} {:>12} {:>12}",
-        "", "jmp-exporter", "python 0.9.0", "minimal tonic", "ours/python", "ours/limit"
+        "\n| | jmp-exporter | Python 0.9.0 | minimal tonic | ours/Python | ours/limit | target |"
     );
-    for (label, key, _higher_better) in rows {
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for (label, key, target) in rows {
         let (a, b, c) = (get(o, key), get(p, key), get(m, key));
-        let ratio = |x: f64, y: f64| {
-            if y.is_finite() && y != 0.0 && x.is_finite() {
-                format!("{:.2}", x / y)
-            } else {
-                "-".into()
-            }
-        };
-        let show = |x: f64| {
-            if x.is_finite() {
-                format!("{x:.1}")
-            } else {
-                "-".into()
-            }
-        };
         println!(
-            "{label:<40} {:>14} {:>14} {:>14} {:>12} {:>12}",
+            "| {label} | {} | {} | {} | {} | {} | {target} |",
             show(a),
             show(b),
             show(c),
@@ -749,22 +1232,58 @@ fn print_tunnel(results: &Value) {
         &results["jmp-exporter"],
         &results["jmp-exporter via router"],
     );
-    println!(
-        "\n{:<40} {:>14} {:>14} {:>12}",
-        "through the router tunnel", "direct", "via router", "cost"
-    );
+    println!("\n| through the router tunnel | direct | via router | router/direct | cost (target ≤ 25%) |");
+    println!("|---|---:|---:|---:|---:|");
     for (label, key) in [
-        ("unary, 16 callers (calls/s)", "unary_16.calls_per_s"),
-        ("echo 256 B writes (MB/s)", "echo_256.mb_per_s"),
-        ("echo 4 KiB writes (MB/s)", "echo_4096.mb_per_s"),
-        ("echo 32 KiB writes (MB/s)", "echo_32768.mb_per_s"),
+        (
+            "unary DriverCall, 16 callers (calls/s)",
+            "unary_16.calls_per_s",
+        ),
+        ("echo stream, 256 B writes (MB/s)", "echo_256.mb_per_s"),
+        ("echo stream, 4 KiB writes (MB/s)", "echo_4096.mb_per_s"),
+        ("echo stream, 32 KiB writes (MB/s)", "echo_32768.mb_per_s"),
     ] {
         let (a, b) = (get(direct, key), get(routed, key));
         println!(
-            "{label:<40} {a:>14.1} {b:>14.1} {:>11.0}%",
+            "| {label} | {} | {} | {} | {:.0}% |",
+            show(a),
+            show(b),
+            ratio(b, a),
             (1.0 - b / a) * 100.0
         );
     }
+}
+
+fn print_sustained(results: &Value) {
+    let s = &results["jmp-exporter"]["sustained"];
+    println!(
+        "\nSustained mixed load on jmp-exporter for {:.0} s ({} calls/s, {} byte streams/s), memory every 5 s:\n",
+        get(s, "seconds"),
+        show(get(s, "calls_per_s")),
+        show(get(s, "byte_streams_per_s")),
+    );
+    println!("| | start | end | peak | growth |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, key) in [("RSS (KiB)", "rss_kib"), ("PSS (KiB)", "pss_kib")] {
+        let v = &s[key];
+        println!(
+            "| {label} | {} | {} | {} | {} ({:+.1}%) |",
+            show(get(v, "start")),
+            show(get(v, "end")),
+            show(get(v, "peak")),
+            show(get(v, "growth")),
+            get(v, "growth_pct"),
+        );
+    }
+    let samples: Vec<String> = s["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| format!("{}", v["rss_kib"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("\nRSS samples (KiB): {}", samples.join(" "));
 }
 
 fn main() {
@@ -772,32 +1291,66 @@ fn main() {
         serve_minimal(&addr);
         return;
     }
+    if let Ok(dir) = std::env::var("JMP_BENCH_FAKE_CONTROLLER") {
+        serve_controller(Path::new(&dir));
+        return;
+    }
+    if let Ok(kind) = std::env::var("JMP_BENCH_PROFILE") {
+        profile_load(&kind);
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    let started = Instant::now();
     let results = runtime.block_on(async {
         let mut results = serde_json::Map::new();
-        for make in [0, 1, 2] {
-            let target = match make {
-                0 => ours().await,
-                1 => python().await,
-                _ => minimal().await,
-            };
-            eprintln!("measuring {} ...", target.name);
-            let r = measure(&target).await;
-            results.insert(target.name.to_string(), r);
-        }
-        let tunnelled = ours_through_router().await;
-        eprintln!("measuring {} ...", tunnelled.name);
-        let r = measure_tunnel(&tunnelled).await;
-        results.insert(tunnelled.name.to_string(), r);
         results.insert("machine".into(), machine());
         results.insert("seconds_per_case".into(), json!(seconds().as_secs_f64()));
+
+        let target = ours("jmp-exporter", DEMO_EXPORT).await;
+        eprintln!("measuring {} ...", target.name);
+        let mut r = measure(&target).await;
+        eprintln!("sustained load on {} ...", target.name);
+        r["sustained"] = sustained(&target).await;
+        drop(target);
+        eprintln!("serial through a pseudo-terminal: jmp-exporter ...");
+        r["serial_pty_4096"] = serial_pty(|e| async move { ours("jmp-exporter", &e).await }).await;
+        results.insert("jmp-exporter".into(), r);
+
+        let target = python("python 0.9.0", DEMO_EXPORT).await;
+        eprintln!("measuring {} ...", target.name);
+        let mut r = measure(&target).await;
+        drop(target);
+        eprintln!("serial through a pseudo-terminal: python ...");
+        r["serial_pty_4096"] =
+            serial_pty(|e| async move { python("python 0.9.0", &e).await }).await;
+        results.insert("python 0.9.0".into(), r);
+
+        let target = minimal().await;
+        eprintln!("measuring {} ...", target.name);
+        results.insert(target.name.into(), measure(&target).await);
+        drop(target);
+
+        let target = ours_through_router().await;
+        eprintln!("measuring {} ...", target.name);
+        results.insert(target.name.into(), measure_tunnel(&target).await);
+        drop(target);
         Value::Object(results)
     });
+    let m = &results["machine"];
+    println!(
+        "\n{} cores ({}), load average {} at start, {} s per case, release build; the whole run took {:.0} s.",
+        m["cpus"],
+        m["cpu"].as_str().unwrap_or(""),
+        m["load_average_1min_at_start"].as_str().unwrap_or(""),
+        seconds().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     print_table(&results);
     print_tunnel(&results);
+    print_sustained(&results);
     let out = workspace().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join("compare.json");
