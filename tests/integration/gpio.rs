@@ -684,3 +684,90 @@ mod gpio_sim {
         assert_eq!(codes["edge_timeout"][0], "DEADLINE_EXCEEDED");
     }
 }
+
+/// The chip vanishes and comes back (the mock's `vanish`/`return`, which fail requests with
+/// ENODEV as the kernel does for an unplugged adapter): a wait in progress and every later call
+/// fail with a clean error naming chip and line; after the return, the same exporter and
+/// client work again, and the outputs drive what the client last set.
+#[test]
+fn a_vanished_chip_gives_clean_errors_and_the_lines_recover_when_it_returns() {
+    let bench = bench();
+    let host = bench.host();
+    let pid = bench.exporter.pid();
+    // The client's last word on reset is "active" (cycle ends on), a low level (active low).
+    let out = client(&host, "output", &[]);
+    assert_eq!(out["states"][3], "active");
+    assert!(bench.mock("get demo BOARD_RESET").starts_with("ok level=0"));
+
+    let parked = "wait_for_active (waiting for a rising edge): started";
+    let seen = wait_while_the_test_moves_the_line(
+        &bench.exporter,
+        &host,
+        &["wait_for_active", "none"],
+        parked,
+        || assert_eq!(bench.mock("vanish demo"), "ok"),
+    );
+    let named = |what: &Value, line: &str| {
+        let message = what[1]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error: {what}"));
+        assert!(
+            message.contains("mock://demo")
+                && message.contains(line)
+                && message.contains("went away"),
+            "{what}"
+        );
+    };
+    assert_eq!(seen["outcome"][0], "DriverError", "{seen}");
+    named(&seen["outcome"], "BOOT_BUTTON");
+
+    let gone = client(&host, "gone", &[]);
+    eprintln!("the wait in progress saw {seen}; later calls saw {gone}");
+    for (call, line) in [
+        ("reset.on", "BOARD_RESET"),
+        ("reset.read", "BOARD_RESET"),
+        ("power.off", "line 2"),
+        ("button.read", "BOOT_BUTTON"),
+        ("button.wait_for_active", "BOOT_BUTTON"),
+    ] {
+        named(&gone[call], line);
+        assert!(
+            gone[call][1].as_str().unwrap().contains("not back yet"),
+            "{call}: {gone}"
+        );
+        let seconds = gone[&format!("{call}.seconds")].as_f64().unwrap();
+        assert!(seconds < 2.0, "{call} took {seconds} s: {gone}");
+    }
+
+    assert_eq!(bench.mock("return demo"), "ok");
+    assert_eq!(
+        client(&host, "read", &[]),
+        json!({"state": "inactive", "value": 0})
+    );
+    let seen = wait_while_the_test_moves_the_line(
+        &bench.exporter,
+        &host,
+        &["wait_for_active", "30"],
+        parked,
+        || bench.set("BOOT_BUTTON", 1),
+    );
+    assert_eq!(seen["outcome"], "ok", "{seen}");
+    // The power switch was last set on (initial_value at session start): on again. Its first
+    // call after the return requests it again.
+    let power = client(&host, "power", &[]);
+    assert_eq!(power["read_pin"], json!([0.0, 1.0, 1.0]));
+    assert!(bench
+        .mock("get demo DUT_POWER")
+        .starts_with("ok level=1 output=true active_low=false consumer=jumpstarter-gpiod"));
+    // Reset was last set active: requested again at its first call, driving a low level.
+    assert_eq!(client(&host, "output", &[])["states"][0], "active");
+    assert_eq!(bench.exporter.pid(), pid);
+    assert!(
+        bench
+            .exporter
+            .log()
+            .contains("GPIO chip is back; line requested again"),
+        "{}",
+        bench.exporter.log()
+    );
+}

@@ -118,7 +118,27 @@ def errors(client):
     return seen
 
 
-SCENARIOS = {f.__name__: f for f in (tree, output, power, read, wait, errors)}
+def gone(client):
+    """Every kind of call while the chip is gone: each must raise, none may hang."""
+    seen = {}
+    for name, call in (
+        ("reset.on", lambda: client.reset.on()),
+        ("reset.read", lambda: client.reset.read()),
+        ("power.off", lambda: client.power.off()),
+        ("button.read", lambda: client.button.read()),
+        ("button.wait_for_active", lambda: client.button.wait_for_active(5)),
+    ):
+        start = time.monotonic()
+        try:
+            call()
+            seen[name] = "no error"
+        except DriverError as e:
+            seen[name] = failure(e)
+        seen[name + ".seconds"] = time.monotonic() - start
+    return seen
+
+
+SCENARIOS = {f.__name__: f for f in (tree, output, power, read, wait, errors, gone)}
 
 
 def codes(host):

@@ -273,6 +273,15 @@ struct CdevRequest {
 
 impl CdevRequest {
     fn fail(&self, action: &'static str, e: gpiocdev::Error) -> GpioError {
+        // The same error the mock chip gives, so the recovery in `line` is one code path.
+        if errno(&e).is_some_and(super::chip::errno_means_gone) {
+            return GpioError::ChipGone {
+                chip: self.chip.clone(),
+                line: self.line.clone(),
+                action,
+                message: e.to_string(),
+            };
+        }
         GpioError::Line {
             chip: self.chip.clone(),
             line: self.line.clone(),

@@ -254,6 +254,33 @@ pub enum GpioError {
 
     #[error("mock GPIO chip {name}: {message}")]
     Mock { name: String, message: String },
+
+    /// The chip vanished under a request (a USB GPIO adapter unplugged, a gpio-sim chip
+    /// removed): the kernel fails the old request with ENODEV. `message` also says whether it is
+    /// back yet.
+    #[error(
+        "GPIO {line} on {chip}: {action} failed: the chip went away ({message}); check that it is \
+         connected and powered: the exporter requests the line again when the chip is back"
+    )]
+    ChipGone {
+        chip: String,
+        line: String,
+        action: &'static str,
+        message: String,
+    },
+}
+
+impl GpioError {
+    /// Whether the chip itself is gone (as opposed to the line being refused or misused).
+    pub fn chip_gone(&self) -> bool {
+        matches!(self, GpioError::ChipGone { .. })
+    }
+}
+
+/// Whether an OS error number means the chip behind a request is gone.
+pub fn errno_means_gone(errno: i32) -> bool {
+    errno == rustix::io::Errno::NODEV.raw_os_error()
+        || errno == rustix::io::Errno::NXIO.raw_os_error()
 }
 
 fn present_chips(chips: &[String]) -> String {
@@ -270,6 +297,7 @@ impl From<GpioError> for crate::DriverError {
             // Absent or held by someone else right now: plugging in the adapter or stopping
             // the other user may fix it.
             GpioError::ChipNotFound { .. }
+            | GpioError::ChipGone { .. }
             | GpioError::LineBusy { .. }
             | GpioError::UsedByEntry { .. } => crate::DriverError::Unavailable(e.to_string()),
             _ => crate::DriverError::Failed(e.to_string()),

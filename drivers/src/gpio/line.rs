@@ -6,6 +6,21 @@
 //! controller, possibly during a lease) shares the first one's request instead of failing with
 //! "busy"; a different config entry naming the same line is refused, as the kernel would refuse
 //! upstream's second request.
+//!
+//! ## A chip that goes away and comes back
+//!
+//! When the chip vanishes (its requests fail with ENODEV, [`GpioError::ChipGone`]), the call
+//! that meets it fails with UNAVAILABLE naming the chip and line, and edge waits in progress
+//! end with that error. Every later call first tries to open the chip again and request the
+//! line anew (the old request is dead for good, even once the chip is back); while the chip is
+//! absent, that fails at once and the call says so. The same code runs for the kernel's chips
+//! and the mock, which reports a vanished chip the way the kernel does.
+//!
+//! An output that is requested again drives the value the client last set in this session,
+//! or `initial_value` if it never set one: the chip lost its state with its power, and what
+//! the client asked for (a DUT powered on, a reset released) is still what it wants.
+//! Recovery happens at the next call, as the exporter does not poll chips; an input also
+//! notices at once through its edge reader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -35,9 +50,14 @@ pub struct Claim {
     key: Key,
     entry: String,
     role: Role,
+    /// The config, to find and request the line again after its chip returns.
+    spec: LineSpec,
     pub chip: ChipInfo,
     pub info: LineInfo,
-    request: Arc<dyn LineRequest>,
+    /// Replaced when the line is requested again after its chip came back.
+    request: Mutex<Arc<dyn LineRequest>>,
+    /// Held while the line is requested again, so two calls do not both try.
+    recovering: Mutex<()>,
     /// The settings an output is driven with; `None` until the first reconfigure.
     output: Mutex<Option<LineSettings>>,
     template: LineSettings,
@@ -49,7 +69,9 @@ struct Reader {
     stop: CancellationToken,
     /// Cancelled when the reader ends, whatever the reason.
     done: CancellationToken,
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<GpioError>>>,
+    /// The request it reads; if that died with its chip, the next subscriber renews it.
+    request: Arc<dyn LineRequest>,
     task: JoinHandle<()>,
 }
 
@@ -59,7 +81,7 @@ pub struct Subscription {
     /// Cancelled if edge events stop arriving (the chip went away).
     pub stopped: CancellationToken,
     /// Why edge events stopped, once they have.
-    pub error: Arc<Mutex<Option<String>>>,
+    pub error: Arc<Mutex<Option<GpioError>>>,
 }
 
 impl Claim {
@@ -101,9 +123,11 @@ impl Claim {
             key: key.clone(),
             entry: spec.entry.clone(),
             role: spec.role,
+            spec: spec.clone(),
             chip: chip.info().clone(),
             info,
-            request,
+            request: Mutex::new(request),
+            recovering: Mutex::new(()),
             output: Mutex::new(None),
             template,
             edges: broadcast::channel(FAN_OUT).0,
@@ -119,7 +143,85 @@ impl Claim {
     }
 
     pub fn value(&self) -> Result<bool, GpioError> {
-        self.request.value()
+        self.with_request(|r| r.value())
+    }
+
+    fn current(&self) -> Arc<dyn LineRequest> {
+        self.request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `op` on the request; if the chip went away under it, requests the line again (if
+    /// the chip is back) and runs `op` once more.
+    fn with_request<T>(
+        &self,
+        op: impl Fn(&dyn LineRequest) -> Result<T, GpioError>,
+    ) -> Result<T, GpioError> {
+        let request = self.current();
+        match op(&*request) {
+            Err(e) if e.chip_gone() => {
+                self.renew(&request, named(e, &self.chip, &self.info))?;
+                op(&*self.current())
+            }
+            other => other,
+        }
+    }
+
+    /// Replaces `dead` (whose chip vanished, as `error` says) with a new request, unless
+    /// another call did already. While the chip is still absent, returns `error` saying so.
+    fn renew(&self, dead: &Arc<dyn LineRequest>, error: GpioError) -> Result<(), GpioError> {
+        let _one_at_a_time = self.recovering.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&self.current(), dead) {
+            return Ok(());
+        }
+        let settings = match self.template.direction {
+            Direction::Output(initial) => LineSettings {
+                direction: Direction::Output(self.wanted().unwrap_or(initial)),
+                ..self.template
+            },
+            _ => self.template,
+        };
+        let fresh =
+            locate(&self.spec).and_then(|(chip, offset)| chip.request(offset, &settings, CONSUMER));
+        let fresh = match fresh {
+            Ok(r) => r,
+            Err(why) => {
+                let GpioError::ChipGone {
+                    action, message, ..
+                } = error
+                else {
+                    return Err(error);
+                };
+                // Named as this claim knows the line (its name too), whoever reported it.
+                return Err(GpioError::ChipGone {
+                    chip: String::new(),
+                    line: String::new(),
+                    action,
+                    message: format!("{message}; it is not back yet: {why}"),
+                })
+                .map_err(|e| named(e, &self.chip, &self.info));
+            }
+        };
+        *self.request.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(fresh);
+        if let Direction::Output(active) = settings.direction {
+            if let Ok(mut o) = self.output.lock() {
+                *o = Some(settings);
+            }
+            tracing::info!(line = %self.describe(), "GPIO chip is back; line requested again, driving {}", if active { "active" } else { "inactive" });
+        } else {
+            tracing::info!(line = %self.describe(), "GPIO chip is back; line requested again");
+        }
+        Ok(())
+    }
+
+    /// The value an output was last set to in this session, if it was.
+    fn wanted(&self) -> Option<bool> {
+        match self.output.lock().ok()?.as_ref()?.direction {
+            Direction::Output(active) => Some(active),
+            _ => None,
+        }
     }
 
     /// Makes the line an output driving its initial value. A line already driving that
@@ -134,11 +236,17 @@ impl Claim {
     /// Sets an output's logical value.
     pub fn set(&self, active: bool) -> Result<(), GpioError> {
         let configured = self.output.lock().map(|o| o.is_some()).unwrap_or(false);
-        if configured {
-            self.request.set_value(active)
-        } else {
-            self.configure_output(active)
+        if !configured {
+            return self.configure_output(active);
         }
+        self.with_request(|r| r.set_value(active))?;
+        // Remembered, so a line requested again after its chip returns drives it again.
+        if let Ok(mut o) = self.output.lock() {
+            if let Some(settings) = o.as_mut() {
+                settings.direction = Direction::Output(active);
+            }
+        }
+        Ok(())
     }
 
     fn configure_output(&self, active: bool) -> Result<(), GpioError> {
@@ -146,26 +254,37 @@ impl Claim {
             direction: Direction::Output(active),
             ..self.template
         };
-        self.request.reconfigure(&settings)?;
+        self.with_request(|r| r.reconfigure(&settings))?;
         if let Ok(mut o) = self.output.lock() {
             *o = Some(settings);
         }
         Ok(())
     }
 
-    /// Subscribes to this line's edges, starting the reader if it is not running. Edges that
-    /// happen after this call are delivered.
-    pub fn subscribe(&self) -> Subscription {
+    /// Subscribes to this line's edges, starting the reader if it is not running (and
+    /// requesting the line again first if the reader stopped because its chip went away).
+    /// Edges that happen after this call are delivered.
+    pub fn subscribe(&self) -> Result<Subscription, GpioError> {
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let r = match reader.take() {
             Some(running) if !running.done.is_cancelled() => reader.insert(running),
-            _ => reader.insert(self.start_reader()),
+            Some(ended) => {
+                let error = ended.error.lock().ok().and_then(|e| e.clone());
+                if let Some(e) = error.filter(GpioError::chip_gone) {
+                    if let Err(still) = self.renew(&ended.request, e) {
+                        *reader = Some(ended);
+                        return Err(still);
+                    }
+                }
+                reader.insert(self.start_reader())
+            }
+            None => reader.insert(self.start_reader()),
         };
-        Subscription {
+        Ok(Subscription {
             edges: self.edges.subscribe(),
             stopped: r.done.clone(),
             error: r.error.clone(),
-        }
+        })
     }
 
     /// How many calls are subscribed to this line's edges right now.
@@ -176,19 +295,21 @@ impl Claim {
 
     /// Starts reading edges in the background (an input's session start does this, so the
     /// kernel queue never holds stale edges when a call starts waiting).
-    pub fn start_edges(&self) {
-        drop(self.subscribe());
+    pub fn start_edges(&self) -> Result<(), GpioError> {
+        self.subscribe().map(drop)
     }
 
     fn start_reader(&self) -> Reader {
         let stop = CancellationToken::new();
         let done = CancellationToken::new();
         let error = Arc::new(Mutex::new(None));
-        let request = self.request.clone();
+        let request = self.current();
         let tx = self.edges.clone();
         let described = self.describe();
+        let (chip, info) = (self.chip.clone(), self.info.clone());
         let task = tokio::spawn({
-            let (stop, done, error) = (stop.clone(), done.clone(), error.clone());
+            let (stop, done, error, request) =
+                (stop.clone(), done.clone(), error.clone(), request.clone());
             async move {
                 let _done = done.drop_guard();
                 loop {
@@ -205,7 +326,7 @@ impl Claim {
                         Err(e) => {
                             tracing::warn!(line = %described, error = %e, "edge events stopped");
                             if let Ok(mut slot) = error.lock() {
-                                *slot = Some(e.to_string());
+                                *slot = Some(named(e, &chip, &info));
                             }
                             break;
                         }
@@ -217,6 +338,7 @@ impl Claim {
             stop,
             done,
             error,
+            request,
             task,
         }
     }
@@ -247,6 +369,22 @@ impl Drop for Claim {
         if claims.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
             claims.remove(&self.key);
         }
+    }
+}
+
+/// A vanished-chip error named as the claim knows its line (with its name), whichever
+/// layer reported it.
+fn named(e: GpioError, claim_chip: &ChipInfo, claim_line: &LineInfo) -> GpioError {
+    match e {
+        GpioError::ChipGone {
+            action, message, ..
+        } => GpioError::ChipGone {
+            chip: claim_chip.to_string(),
+            line: claim_line.describe(),
+            action,
+            message,
+        },
+        other => other,
     }
 }
 

@@ -15,6 +15,14 @@
 //! exporter runs with [`CONTROL_ENV`] naming a path, the first mock chip opened also serves
 //! these commands on a Unix socket at that path (one reply line per command). Real chips are
 //! never reachable that way.
+//!
+//! A mock chip can also vanish and come back (`vanish NAME`, `return NAME`), as a USB GPIO
+//! adapter that is unplugged and plugged in again does under the kernel's uAPI: while it is
+//! gone its path does not open (not found), every request made before fails with ENODEV and
+//! edge reads in progress end with that error; lines stop being driven. The chip that returns
+//! is a new one: every old request stays dead, lines are free and undriven (inputs), and only
+//! `held=` lines are taken again. The drivers' recovery (in `line`) is the same for this chip
+//! and the kernel's.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -135,6 +143,9 @@ pub fn open(spec: &MockSpec) -> Result<MockChipHandle, GpioError> {
                         .into(),
                 });
             }
+            if !chip.present() {
+                return Err(chip.not_found());
+            }
             chip.clone()
         }
         None => {
@@ -171,6 +182,9 @@ pub struct MockChip {
     next_request: AtomicU64,
     /// How often a request asked for its next edge; a test's proof that nothing polls.
     edge_reads: AtomicU64,
+    /// Bumped when the chip vanishes; requests from an earlier generation are dead. Odd while
+    /// the chip is gone. Changed only under the `lines` lock.
+    generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -226,6 +240,11 @@ impl MockLine {
 
     fn update(&mut self) {
         let level = self.settle();
+        self.record(level);
+    }
+
+    /// Moves the line to `level`, remembering the change and reporting its edge.
+    fn record(&mut self, level: bool) {
         if level == self.level {
             return;
         }
@@ -291,6 +310,77 @@ impl MockChip {
             lines: Mutex::new(lines),
             next_request: AtomicU64::new(1),
             edge_reads: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the chip is there (not vanished).
+    pub fn present(&self) -> bool {
+        self.generation.load(Ordering::SeqCst).is_multiple_of(2)
+    }
+
+    /// The chip disappears: requests die (their edge readers wake with an error), lines stop
+    /// being driven and held, and opening it fails until [`MockChip::reappear`].
+    pub fn vanish(&self) -> Result<(), GpioError> {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.present() {
+            return Err(self.mock_error("has already vanished"));
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for line in lines.iter_mut() {
+            // Dropping the holder drops its event sender, which ends waiting edge reads.
+            line.holder = None;
+            line.output = false;
+            line.edges = false;
+            line.active_low = false;
+            line.bias = None;
+            // Unpowered, the pin drives and pulls nothing: only the outside world sets it.
+            let level = line.external.unwrap_or(false);
+            line.record(level);
+        }
+        Ok(())
+    }
+
+    /// The chip comes back as a fresh one: no request of before works, `held=` lines are held.
+    pub fn reappear(&self) -> Result<(), GpioError> {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if self.present() {
+            return Err(self.mock_error("is present; vanish it first"));
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for (offset, consumer) in &self.spec.held {
+            lines[*offset as usize].holder = Some(Holder {
+                consumer: consumer.clone(),
+                request: None,
+                events: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn mock_error(&self, message: &str) -> GpioError {
+        GpioError::Mock {
+            name: self.spec.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// What opening a vanished chip says (the kernel's would be "not found").
+    fn not_found(&self) -> GpioError {
+        self.mock_error(&format!(
+            "is gone (vanished through the control socket); `return {}` brings it back",
+            self.spec.name
+        ))
+    }
+
+    /// The error an old request meets, worded as the kernel's ENODEV.
+    fn gone(&self, offset: u32, action: &'static str) -> GpioError {
+        GpioError::ChipGone {
+            chip: self.info.to_string(),
+            line: format!("line {offset}"),
+            action,
+            message: std::io::Error::from_raw_os_error(rustix::io::Errno::NODEV.raw_os_error())
+                .to_string(),
         }
     }
 
@@ -470,7 +560,14 @@ impl Chip for MockChipHandle {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let chip = self.0.info.to_string();
         let described = self.0.describe(offset);
+        let generation = self.0.generation.load(Ordering::SeqCst);
         self.0.with_line(offset, |line| {
+            // Checked under the lock, so a request cannot slip in as the chip vanishes.
+            if !generation.is_multiple_of(2)
+                || self.0.generation.load(Ordering::SeqCst) != generation
+            {
+                return Err(self.0.gone(offset, "requesting the line"));
+            }
             if let Some(h) = &line.holder {
                 return Err(GpioError::LineBusy {
                     chip,
@@ -490,6 +587,7 @@ impl Chip for MockChipHandle {
             chip: self.0.clone(),
             offset,
             id,
+            generation,
             events: AsyncMutex::new(rx),
         }))
     }
@@ -499,7 +597,25 @@ struct MockRequest {
     chip: Arc<MockChip>,
     offset: u32,
     id: u64,
+    /// The chip generation this request was made in.
+    generation: u64,
     events: AsyncMutex<mpsc::Receiver<Edge>>,
+}
+
+impl MockRequest {
+    /// Runs `f` on the line unless the chip vanished since the request was made.
+    fn live<T>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&mut MockLine) -> Result<T, GpioError>,
+    ) -> Result<T, GpioError> {
+        self.chip.with_line(self.offset, |line| {
+            if self.chip.generation.load(Ordering::SeqCst) != self.generation {
+                return Err(self.chip.gone(self.offset, action));
+            }
+            f(line)
+        })
+    }
 }
 
 impl Drop for MockRequest {
@@ -511,14 +627,16 @@ impl Drop for MockRequest {
 #[async_trait]
 impl LineRequest for MockRequest {
     fn value(&self) -> Result<bool, GpioError> {
-        self.chip
-            .with_line(self.offset, |line| Ok(line.level != line.active_low))
+        self.live(
+            "reading the value",
+            |line| Ok(line.level != line.active_low),
+        )
     }
 
     fn set_value(&self, active: bool) -> Result<(), GpioError> {
         let chip = self.chip.info.to_string();
         let described = self.chip.describe(self.offset);
-        self.chip.with_line(self.offset, |line| {
+        self.live("setting the value", |line| {
             if !line.output {
                 return Err(GpioError::Line {
                     chip,
@@ -534,7 +652,7 @@ impl LineRequest for MockRequest {
     }
 
     fn reconfigure(&self, settings: &LineSettings) -> Result<(), GpioError> {
-        self.chip.with_line(self.offset, |line| {
+        self.live("reconfiguring", |line| {
             apply(line, settings);
             Ok(())
         })
@@ -543,7 +661,11 @@ impl LineRequest for MockRequest {
     async fn next_edge(&self) -> Result<Edge, GpioError> {
         self.chip.edge_reads.fetch_add(1, Ordering::Relaxed);
         let mut events = self.events.lock().await;
-        events.recv().await.ok_or_else(|| GpioError::Line {
+        let next = events.recv().await;
+        if self.chip.generation.load(Ordering::SeqCst) != self.generation {
+            return Err(self.chip.gone(self.offset, "reading an edge event"));
+        }
+        next.ok_or_else(|| GpioError::Line {
             chip: self.chip.info.to_string(),
             line: format!("line {}", self.offset),
             action: "reading an edge event",
@@ -560,6 +682,7 @@ impl LineRequest for MockRequest {
 /// | `float CHIP LINE` | stop driving it; bias or the last level decides |
 /// | `get CHIP LINE` | `ok level=.. output=.. active_low=.. consumer=.. transitions=..` |
 /// | `hold CHIP LINE CONSUMER` / `unhold CHIP LINE` | another program takes / leaves the line |
+/// | `vanish CHIP` / `return CHIP` | the chip is unplugged / plugged in again (module docs) |
 ///
 /// `LINE` is an offset or a line name.
 pub fn control(command: &str) -> String {
@@ -571,9 +694,23 @@ pub fn control(command: &str) -> String {
 
 fn run_control(command: &str) -> Result<String, String> {
     let words: Vec<&str> = command.split_whitespace().collect();
+    if let [verb @ ("vanish" | "return"), name] = words.as_slice() {
+        let chip =
+            chip(name).ok_or_else(|| format!("no mock chip named {name} in this process"))?;
+        let done = if *verb == "vanish" {
+            chip.vanish()
+        } else {
+            chip.reappear()
+        };
+        return done.map(|()| "ok".into()).map_err(|e| e.to_string());
+    }
     let (verb, name, line) = match words.as_slice() {
         [verb, name, line, ..] => (*verb, *name, *line),
-        _ => return Err("usage: set|float|get|hold|unhold CHIP LINE [ARG]".into()),
+        _ => {
+            return Err(
+                "usage: set|float|get|hold|unhold CHIP LINE [ARG], or vanish|return CHIP".into(),
+            )
+        }
     };
     let chip = chip(name).ok_or_else(|| format!("no mock chip named {name} in this process"))?;
     let offset = chip.resolve(line).map_err(|e| e.to_string())?;

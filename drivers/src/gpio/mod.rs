@@ -169,7 +169,7 @@ impl GpioLine {
             mut edges,
             stopped,
             error,
-        } = claim.subscribe();
+        } = claim.subscribe()?;
         // Subscribed first: every edge stamped at or after `start` reaches `edges`.
         let start = chip::now_ns();
         if let Some(t) = target {
@@ -228,13 +228,13 @@ impl GpioLine {
     }
 }
 
-fn stopped_error(described: &str, error: &Arc<Mutex<Option<String>>>) -> DriverError {
-    let why = error
-        .lock()
-        .ok()
-        .and_then(|e| e.clone())
-        .unwrap_or_else(|| "edge events stopped".into());
-    DriverError::Failed(format!("{described}: {why}"))
+fn stopped_error(described: &str, error: &Arc<Mutex<Option<chip::GpioError>>>) -> DriverError {
+    match error.lock().ok().and_then(|e| e.clone()) {
+        // A vanished chip is UNAVAILABLE, like every call that meets it.
+        Some(e) if e.chip_gone() => e.into(),
+        Some(e) => DriverError::Failed(format!("{described}: {e}")),
+        None => DriverError::Failed(format!("{described}: edge events stopped")),
+    }
 }
 
 /// Logs a wait at info level, and its end; a wait dropped before it ended (its client went
@@ -383,7 +383,12 @@ impl Driver for GpioLine {
     async fn reset(&self) -> Result<(), DriverError> {
         let claim = self.claim()?;
         match self.kind {
-            Kind::DigitalInput => claim.start_edges(),
+            Kind::DigitalInput => {
+                // A chip that is gone at session start is reported by the calls that meet it.
+                if let Err(e) = claim.start_edges() {
+                    tracing::warn!(line = %claim.describe(), "{e}");
+                }
+            }
             Kind::DigitalOutput | Kind::PowerSwitch => {
                 claim.drive_initial()?;
                 tracing::debug!(line = %claim.describe(), "GPIO output at its initial value");

@@ -708,3 +708,106 @@ mod gpio_sim {
         assert!(err.to_string().contains("which has 2 lines"), "{err}");
     }
 }
+
+/// The chip vanishes (as an unplugged USB GPIO adapter does) and comes back: calls fail with
+/// UNAVAILABLE naming chip and line, a wait in progress ends with that error, and after the
+/// return the lines are requested again: the output drives what the client last set, the
+/// input sees edges again. The recovery code is the one the kernel's chips use (`line`).
+#[tokio::test]
+async fn a_vanished_chip_fails_calls_cleanly_and_its_lines_recover_when_it_returns() {
+    let out = line(
+        Kind::DigitalOutput,
+        "line: RELAY\ndevice: mock://vanish?lines=4&names=RELAY,BUTTON\ninitial_value: off\n",
+    );
+    let inp = Arc::new(line(
+        Kind::DigitalInput,
+        "line: BUTTON\ndevice: mock://vanish\nbias: pull_down\n",
+    ));
+    out.reset().await.unwrap();
+    inp.reset().await.unwrap();
+    let chip = mock("vanish");
+    call(&out, "on", vec![]).await.unwrap();
+    assert!(chip.level(0).unwrap());
+
+    let claim = inp.claim().unwrap();
+    let waiting = tokio::spawn({
+        let inp = inp.clone();
+        async move { inp.call("wait_for_active", vec![]).await }
+    });
+    while claim.waiters() == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(claim);
+
+    assert_eq!(mock::control("vanish vanish"), "ok");
+    assert!(!chip.level(0).unwrap(), "a vanished chip drives nothing");
+    let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the wait in progress ended")
+        .unwrap()
+        .unwrap_err();
+    let gone = |e: &DriverError, line: &str| {
+        let DriverError::Unavailable(m) = e else {
+            panic!("expected UNAVAILABLE, got {e:?}");
+        };
+        assert!(
+            m.contains("mock://vanish [mock]") && m.contains(line) && m.contains("went away"),
+            "{m}"
+        );
+        m.clone()
+    };
+    gone(&ended, "BUTTON");
+    for (d, method, name) in [
+        (&out, "off", "RELAY"),
+        (&out, "read_pin", "RELAY"),
+        (&*inp, "read_pin", "BUTTON"),
+        (&*inp, "wait_for_active", "BUTTON"),
+    ] {
+        let e = call(d, method, vec![]).await.unwrap_err();
+        let m = gone(&e, name);
+        assert!(m.contains("not back yet"), "{method}: {m}");
+    }
+    assert!(!chip.level(0).unwrap(), "nothing was driven while gone");
+
+    // Back: the relay drives what the client last set (on), without a call to set it.
+    assert_eq!(mock::control("return vanish"), "ok");
+    assert_eq!(call(&out, "read_pin", vec![]).await.unwrap(), json!(1));
+    assert!(chip.level(0).unwrap(), "the relay is on again");
+    assert!(mock::control("get vanish RELAY").contains("consumer=jumpstarter-gpiod"));
+    call(&out, "off", vec![]).await.unwrap();
+    assert!(!chip.level(0).unwrap());
+
+    // The input waits and sees edges again, on a new request.
+    let claim = inp.claim().unwrap();
+    let waiting = tokio::spawn({
+        let inp = inp.clone();
+        async move { inp.call("wait_for_active", vec![json!(10.0)]).await }
+    });
+    while claim.waiters() == 0 {
+        tokio::task::yield_now().await;
+    }
+    chip.drive(1, Some(true)).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the wait after the return saw its edge")
+        .unwrap();
+    assert_eq!(r.unwrap(), Json::Null);
+
+    // A second vanish, recovered by a different first call: an output never set falls back to
+    // initial_value (checked through a fresh driver of its own line).
+    let fresh = line(
+        Kind::PowerSwitch,
+        "line: 2\ndevice: mock://vanish\ninitial_value: on\n",
+    );
+    fresh.reset().await.unwrap();
+    assert!(chip.level(2).unwrap());
+    assert_eq!(mock::control("vanish vanish"), "ok");
+    assert!(!chip.level(2).unwrap());
+    assert_eq!(mock::control("return vanish"), "ok");
+    assert_eq!(call(&fresh, "read_pin", vec![]).await.unwrap(), json!(1));
+    assert!(chip.level(2).unwrap(), "initial_value, as it was never set");
+    assert!(
+        mock::control("vanish nosuchchip").starts_with("error: no mock chip"),
+        "control errors are replies"
+    );
+}
