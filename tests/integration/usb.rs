@@ -246,6 +246,58 @@ fn hub_and_board_failures_reach_the_client_as_driver_errors() {
     );
 }
 
+/// The hub is unplugged from under a running exporter (removed from the fake sysfs tree, which
+/// the fake bus follows) and plugged back: the real client gets a clean error naming the hub
+/// and the port, and the same exporter switches the port again once the hub is back.
+#[test]
+fn a_hub_that_disappears_gives_a_clean_error_and_works_again_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    sysfs_tree::add_hub(&root, "1-1", (0x2109, 0x2817), 4, true).unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "  hub:\n    type: jmp_exporter.drivers.UsbHubPort\n    config:\n      location: \"1-1\"\n      port: 2\n      sysfs_root: {}\n      fake: {{hub: usb2}}\n",
+            root.display()
+        ),
+    );
+    let exporter = Exporter::unix(&path);
+    let host = exporter.host();
+    let pid = exporter.pid();
+    let disable = || Sysfs::new(&root).disable_attribute("1-1", 2).unwrap();
+    client(&host, "power", &["hub"]);
+    assert_eq!(
+        std::fs::read_to_string(disable()).unwrap(),
+        "0",
+        "cycle ends on"
+    );
+
+    std::fs::remove_dir_all(root.join("bus/usb/devices/1-1")).unwrap();
+    let seen = client(&host, "fails", &["hub"]);
+    assert_eq!(seen["hub"]["type"], "DriverError", "{seen}");
+    let m = seen["hub"]["message"].as_str().unwrap();
+    eprintln!("with the hub gone the client saw: {m}");
+    assert!(
+        m.contains("UNAVAILABLE")
+            && m.contains("cannot switch port 2 of USB hub 1-1 off")
+            && m.contains("no USB device at 1-1")
+            && m.contains("works as soon as it is back"),
+        "{m}"
+    );
+
+    sysfs_tree::add_hub(&root, "1-1", (0x2109, 0x2817), 4, true).unwrap();
+    let out = j(&host, &["hub", "off"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(disable()).unwrap(), "1");
+    client(&host, "power", &["hub"]);
+    assert_eq!(std::fs::read_to_string(disable()).unwrap(), "0");
+    assert_eq!(exporter.pid(), pid, "no restart");
+}
+
 #[test]
 fn the_usb_demo_config_runs_without_hardware() {
     let exporter = Exporter::unix(&config("usb-demo.yaml"));

@@ -7,6 +7,12 @@
 //! asked, appended to a file one line at a time, so that a test of a separate exporter process
 //! can check what was sent.
 //!
+//! A fake bus can also follow a fake sysfs tree ([`FakeBus::plugged_per`]): a device is then on
+//! the bus only while the tree has its directory, so a test in another process unplugs a hub
+//! by removing it from the tree and plugs it back by adding it again, as the kernel's sysfs
+//! follows the real bus. Transfers on a handle opened before the removal fail with "no device",
+//! as libusb's do.
+//!
 //! Line format of the log (hex, as the setup packet reads: bmRequestType bRequest wValue wIndex):
 //! ```text
 //! 1-1 control-out 23 01 0008 0003
@@ -21,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::sysfs::Sysfs;
 use super::transport::{
     hub, parse_location, ControlRequest, DeviceInfo, Endpoint, EndpointKind, PowerSwitching,
     UsbBus, UsbDevice, UsbError, HUB_CLASS,
@@ -285,6 +292,8 @@ struct State {
     devices: Vec<FakeDevice>,
     transfers: Vec<Transfer>,
     log: Option<PathBuf>,
+    /// When set, a device is present only while this tree has it.
+    plugged: Option<Sysfs>,
 }
 
 impl State {
@@ -303,10 +312,19 @@ impl State {
     }
 
     fn device(&mut self, location: &str) -> Result<&mut FakeDevice, UsbError> {
+        if !self.present(location) {
+            return Err(UsbError::NoDevice);
+        }
         self.devices
             .iter_mut()
             .find(|d| d.info.location() == location)
             .ok_or(UsbError::NoDevice)
+    }
+
+    fn present(&self, location: &str) -> bool {
+        self.plugged
+            .as_ref()
+            .is_none_or(|tree| tree.has_device(location))
     }
 }
 
@@ -328,6 +346,12 @@ impl FakeBus {
     /// Also appends every transfer to this file.
     pub fn with_log(self, path: PathBuf) -> Self {
         self.state().log = Some(path);
+        self
+    }
+
+    /// Makes a device present only while `tree` has its directory (see the module docs).
+    pub fn plugged_per(self, tree: Sysfs) -> Self {
+        self.state().plugged = Some(tree);
         self
     }
 
@@ -380,12 +404,14 @@ impl FakeBus {
 
 impl UsbBus for FakeBus {
     fn devices(&self) -> Result<Vec<DeviceInfo>, UsbError> {
-        let mut devices: Vec<DeviceInfo> = self
-            .state()
+        let state = self.state();
+        let mut devices: Vec<DeviceInfo> = state
             .devices
             .iter()
+            .filter(|d| state.present(&d.info.location()))
             .map(|d| d.info.clone())
             .collect();
+        drop(state);
         devices.sort_by(|a, b| (a.bus, &a.ports).cmp(&(b.bus, &b.ports)));
         Ok(devices)
     }

@@ -36,6 +36,16 @@
 //!   #   log: /tmp/usb.log    # every transfer, one line each
 //! ```
 //! With `fake:`, sysfs is used only if `sysfs_root` names a (fake) tree; `/sys` is refused.
+//! The simulated hubs are then plugged in only while that tree has them.
+//!
+//! ## A hub that disappears
+//!
+//! A hub unplugged (or re-enumerating) makes every call fail with UNAVAILABLE naming the hub
+//! (location, id, serial where configured) and the port, whether it was gone at the look-up or
+//! went in the middle of the switch. Nothing needs restarting: the hub is looked up afresh at
+//! every call, so the first call after it is back switches it, at its new address if it got
+//! one. A hub that vanished mid-switch may have switched one half of a USB 3 pair; the next
+//! call switches both again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -217,6 +227,11 @@ fn parse(node: &Node, path: &str) -> Result<HubPortInner, yaml::Error> {
                 ));
             }
             let bus = fake_bus(fake, &selector, c.serial.as_deref(), c.port);
+            // With a fake tree, the tree says what is plugged in (see `fake`).
+            let bus = match &c.sysfs_root {
+                Some(root) => bus.plugged_per(Sysfs::new(root)),
+                None => bus,
+            };
             (Arc::new(bus), c.sysfs_root.map(Sysfs::new))
         }
         None => {
@@ -435,8 +450,22 @@ impl HubPortInner {
         Ok(Target { hub, port, disable })
     }
 
-    /// Switches the port (and its USB 3 twin) and checks that the hub did it.
+    /// Switches the port (and its USB 3 twin) and checks that the hub did it; a hub that is
+    /// gone is said to be so, naming the port.
     fn switch(&self, on: bool) -> Result<(), DriverError> {
+        self.switch_once(on).map_err(|e| match e {
+            DriverError::Unavailable(m) => DriverError::Unavailable(format!(
+                "cannot switch port {} of USB hub {} {}: {m}; the hub is looked up again at every \
+                 call, so this works as soon as it is back",
+                self.port,
+                self.selection(),
+                if on { "on" } else { "off" },
+            )),
+            other => other,
+        })
+    }
+
+    fn switch_once(&self, on: bool) -> Result<(), DriverError> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let devices = self
             .bus
@@ -1167,5 +1196,68 @@ mod tests {
             d.call("off", vec![]).await.unwrap();
             d.call("on", vec![]).await.unwrap();
         });
+    }
+
+    /// The hub disappears and returns, both ways a test can make a fake hub go: off the fake
+    /// bus (control requests), and out of the fake sysfs tree the bus follows (the kernel's
+    /// `disable` switch). Every call meanwhile is UNAVAILABLE naming hub and port; the first
+    /// call after the return switches the port, with no new driver.
+    #[tokio::test]
+    async fn a_hub_that_disappears_is_unavailable_naming_hub_and_port_until_it_returns() {
+        let unavailable = |e: DriverError| match e {
+            DriverError::Unavailable(m) => m,
+            other => panic!("expected UNAVAILABLE, got {other:?}"),
+        };
+
+        // Off the bus, selected by id and serial.
+        let bus = FakeBus::new();
+        bus.add(usb2("1-1", Reaction::PerPort, PowerSwitching::PerPort));
+        let d = driver("vid_pid: 2109:2817\nserial: HUB1\nport: 3\n", &bus, None);
+        d.call("off", vec![]).await.unwrap();
+        bus.unplug("1-1");
+        let m = unavailable(d.call("on", vec![]).await.unwrap_err());
+        assert!(
+            m.contains("port 3 of USB hub 2109:2817 with serial HUB1")
+                && m.contains("works as soon as it is back"),
+            "{m}"
+        );
+        bus.add(usb2("1-1", Reaction::PerPort, PowerSwitching::PerPort));
+        d.call("off", vec![]).await.unwrap();
+        assert_eq!(bus.hub_port_powered("1-1", 3), Some(false));
+
+        // Out of the sysfs tree the fake bus follows, by location.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys");
+        tree::add_hub(&root, "1-2", (0x2109, 0x2817), 4, true).unwrap();
+        let bus = FakeBus::new().plugged_per(Sysfs::new(&root));
+        bus.add(usb2("1-2", Reaction::PerPort, PowerSwitching::PerPort));
+        let d = driver("location: 1-2\nport: 2\n", &bus, Some(&root));
+        d.call("off", vec![]).await.unwrap();
+        let hub_dir = root.join("bus/usb/devices/1-2");
+        std::fs::remove_dir_all(&hub_dir).unwrap();
+        let m = unavailable(d.call("on", vec![]).await.unwrap_err());
+        assert!(
+            m.contains("cannot switch port 2 of USB hub 1-2 on")
+                && m.contains("no USB device at 1-2"),
+            "{m}"
+        );
+        assert!(bus.hub_port_powered("1-2", 2).is_none(), "off the bus too");
+        tree::add_hub(&root, "1-2", (0x2109, 0x2817), 4, true).unwrap();
+        d.call("off", vec![]).await.unwrap();
+        let disable = Sysfs::new(&root).disable_attribute("1-2", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(disable).unwrap(), "1");
+
+        // Gone between the look-up and the switch: the handle's transfers fail.
+        let bus = FakeBus::new();
+        bus.add(usb2("1-3", Reaction::PerPort, PowerSwitching::PerPort));
+        let hub = bus.devices().unwrap().remove(0);
+        let mut handle = bus.open(&hub).unwrap();
+        bus.unplug("1-3");
+        assert_eq!(
+            handle
+                .control_out(hub::port_power(1, true), &[], TIMEOUT)
+                .unwrap_err(),
+            UsbError::NoDevice
+        );
     }
 }
