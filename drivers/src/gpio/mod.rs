@@ -29,6 +29,11 @@
 //! - Waits are event-driven: one task per input line reads edges and wakes the waiting calls;
 //!   an idle wait is a parked future. A wait whose client goes away is dropped with its call.
 //!
+//! - A chip that vanishes (an unplugged USB GPIO adapter) does not need a restart: calls fail
+//!   with UNAVAILABLE naming chip and line, waits in progress end with that error, and once the
+//!   chip is back the next call requests the line again; an output then drives the value the
+//!   client last set in the session, else `initial_value` (see `line`).
+//!
 //! ## Our extensions
 //! - `line:` may be a line name; without `device:` it is looked up on every chip.
 //! - `device:` may be a chip name (`gpiochip0`) or label (`pinctrl-bcm2711`), or `mock://NAME`.

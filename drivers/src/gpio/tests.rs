@@ -575,6 +575,21 @@ mod gpio_sim {
             }
         }
 
+        /// Takes the chip away, as unplugging a USB GPIO adapter does.
+        pub fn unplug(&self) {
+            std::fs::write(self.dir.join("live"), "0").unwrap();
+        }
+
+        /// Brings it back; the kernel may give it another name.
+        pub fn replug(&mut self) {
+            std::fs::write(self.dir.join("live"), "1").unwrap();
+            let dev = std::fs::read_to_string(self.dir.join("dev_name")).unwrap();
+            let chip = std::fs::read_to_string(self.dir.join("bank0/chip_name")).unwrap();
+            let (dev, chip) = (dev.trim().to_string(), chip.trim().to_string());
+            self.path = format!("/dev/{chip}");
+            self.sysfs = PathBuf::from("/sys/devices/platform").join(dev).join(chip);
+        }
+
         /// What the outside world does to an input: pull it up or down.
         pub fn pull(&self, offset: u32, up: bool) {
             let f = self.sysfs.join(format!("sim_gpio{offset}/pull"));
@@ -706,6 +721,43 @@ mod gpio_sim {
         .err()
         .unwrap();
         assert!(err.to_string().contains("which has 2 lines"), "{err}");
+    }
+
+    /// The recovery of `line` on the kernel's chip: requests die with ENODEV when the chip
+    /// goes, and the line is requested again (found by label) when it is back.
+    #[tokio::test]
+    #[ignore = "needs gpio-sim and root"]
+    async fn a_real_chip_that_goes_away_and_returns() {
+        let mut sim = Sim::new("gone", 4, &[(1, "JMP_SIM_RELAY"), (2, "JMP_SIM_BTN")]);
+        let out = line(
+            Kind::DigitalOutput,
+            &format!(
+                "line: JMP_SIM_RELAY\ndevice: {}\ninitial_value: off\n",
+                sim.label
+            ),
+        );
+        let inp = line(
+            Kind::DigitalInput,
+            &format!("line: JMP_SIM_BTN\ndevice: {}\n", sim.label),
+        );
+        out.reset().await.unwrap();
+        inp.reset().await.unwrap();
+        call(&out, "on", vec![]).await.unwrap();
+        assert!(sim.level(1));
+        sim.unplug();
+        for (d, method) in [(&out, "off"), (&inp, "read_pin")] {
+            match call(d, method, vec![]).await {
+                Err(DriverError::Unavailable(m)) => {
+                    assert!(m.contains("went away") && m.contains("JMP_SIM"), "{m}")
+                }
+                other => panic!("{method}: expected UNAVAILABLE, got {other:?}"),
+            }
+        }
+        sim.replug();
+        assert_eq!(call(&out, "read_pin", vec![]).await.unwrap(), json!(1));
+        assert!(sim.level(1), "the relay drives what was last set");
+        sim.pull(2, true);
+        assert_eq!(call(&inp, "read_pin", vec![]).await.unwrap(), json!(1));
     }
 }
 
