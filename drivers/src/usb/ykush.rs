@@ -281,7 +281,18 @@ impl Ykush {
             board.serial.as_deref().unwrap_or("None"),
             board.port.name()
         );
-        blocking(move || board.send(board.port.command(on))).await
+        let port = board.port.name();
+        // A board that is unplugged is found again at the next call; say which port waited.
+        blocking(move || board.send(board.port.command(on)))
+            .await
+            .map_err(|e| match e {
+                DriverError::Unavailable(m) => DriverError::Unavailable(format!(
+                    "cannot switch port {port} {}: {m}; the board is looked up again at every \
+                     call, so this works as soon as it is back",
+                    if on { "on" } else { "off" }
+                )),
+                other => other,
+            })
     }
 }
 
@@ -483,7 +494,15 @@ mod tests {
         ));
         bus.unplug("1-2");
         let e = d.call("on", vec![]).await.unwrap_err();
-        assert_eq!(e.to_string(), "ykush YK1 is gone (unplugged?)");
+        assert_eq!(
+            e.to_string(),
+            "cannot switch port all on: ykush YK1 is gone (unplugged?); the board is looked up \
+             again at every call, so this works as soon as it is back"
+        );
+        // Plugged back in (at another place): found by its serial, no new driver needed.
+        bus.add(board("YK1", "1-4"));
+        d.call("on", vec![]).await.unwrap();
+        assert_eq!(bus.ykush_ports("1-4"), Some([true; 3]));
         let e = d.streaming_call("read", vec![]).await.err().unwrap();
         assert!(matches!(e, DriverError::NotImplemented(_)));
         assert_eq!(d.method("read"), Some(MethodKind::Streaming));
