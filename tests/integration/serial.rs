@@ -462,6 +462,10 @@ fn a_board_removed_during_a_write_ends_the_write_and_the_port_recovers() {
         "the exporter says the write was cut short:\n{}",
         rig.exporter.log()
     );
+    let log = rig.exporter.log();
+    if let Some(line) = log.lines().find(|l| l.contains("went away during a write")) {
+        eprintln!("the exporter said: {line}");
+    }
     assert_eq!(result["after_replug"], "hello from v2");
     assert_eq!(script(&rig.host(), &["hello"])["reply"], "hello from v2");
     assert_eq!(rig.exporter.pid(), pid);

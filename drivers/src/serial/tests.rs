@@ -538,7 +538,12 @@ async fn a_device_removed_during_a_write_fails_the_writer_and_counts_what_was_lo
     });
     // Parked: the count stops moving once the queue and the terminal's buffer are full.
     let mut last = 0;
+    let deadline = Instant::now() + T;
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never parked ({last} bytes accepted)"
+        );
         match timeout(Duration::from_millis(500), accepted_rx.changed()).await {
             Ok(_) => last = *accepted_rx.borrow(),
             Err(_) if last >= WRITE_BUDGET => break,
