@@ -309,6 +309,7 @@ where
     enum Phase {
         Reading,
         Draining,
+        Done,
     }
     let state = (Box::pin(device), AbortOnDrop(Some(inbound)), Phase::Reading);
     futures::stream::unfold(state, |(mut device, mut guard, phase)| async move {
@@ -319,10 +320,12 @@ where
                     (device, guard, Phase::Reading),
                 )),
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "device stream failed");
+                    // The device failed (not a clean end): the client is told why, and the
+                    // call ends here; whatever it still sends cannot be delivered.
+                    tracing::warn!(error = %e, "byte stream: the device failed");
                     Some((
-                        Ok(frame::goaway_response()),
-                        (device, guard, Phase::Draining),
+                        Err(Status::unavailable(e.to_string())),
+                        (device, guard, Phase::Done),
                     ))
                 }
                 None => Some((
@@ -337,6 +340,7 @@ where
                 },
                 None => None,
             },
+            Phase::Done => None,
         }
     })
 }

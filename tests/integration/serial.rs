@@ -457,6 +457,13 @@ fn a_board_removed_during_a_write_ends_the_write_and_the_port_recovers() {
     assert_ne!(result["send"], "timeout", "the write hung: {result}");
     assert_ne!(result["receive"], "timeout", "the stream hung: {result}");
     assert!(result.get("stream").is_none(), "{result}");
+    // The client's receive side is told why, naming the device and what it lost.
+    assert_eq!(result["receive"]["code"], "UNAVAILABLE", "{result}");
+    let told = result["receive"]["message"].as_str().unwrap_or_default();
+    assert!(
+        told.contains("usb-Test_Board_TB1234") && told.contains("were not written"),
+        "{result}"
+    );
     assert!(
         rig.exporter.log().contains("went away during a write"),
         "the exporter says the write was cut short:\n{}",
