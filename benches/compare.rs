@@ -16,6 +16,7 @@
 //! or the tunnel would be charged for the load generator's work and the other way round.
 //! `JMP_BENCH_PROFILE=unary|echo` with `JMP_BENCH_ADDR` and `JMP_BENCH_COUNT` only drives a
 //! fixed amount of load at an address and exits, for running a server under callgrind or perf.
+//! `JMP_BENCH_ONLY=ours,pty,...` runs only some parts (see [`wanted`]).
 //!
 //! This is a measurement, not a test: it asserts nothing and is not part of `cargo test`.
 
@@ -1055,6 +1056,15 @@ fn profile_load(kind: &str) {
     });
 }
 
+/// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, minimal,
+/// router; unset means all) asks for this part, to rerun a piece after a change.
+fn wanted(part: &str) -> bool {
+    match std::env::var("JMP_BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|p| p.trim() == part),
+        Err(_) => true,
+    }
+}
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1308,35 +1318,46 @@ fn main() {
         let mut results = serde_json::Map::new();
         results.insert("machine".into(), machine());
         results.insert("seconds_per_case".into(), json!(seconds().as_secs_f64()));
+        let mut ours_r = json!({});
+        let mut python_r = json!({});
 
-        let target = ours("jmp-exporter", DEMO_EXPORT).await;
-        eprintln!("measuring {} ...", target.name);
-        let mut r = measure(&target).await;
-        eprintln!("sustained load on {} ...", target.name);
-        r["sustained"] = sustained(&target).await;
-        drop(target);
-        eprintln!("serial through a pseudo-terminal: jmp-exporter ...");
-        r["serial_pty_4096"] = serial_pty(|e| async move { ours("jmp-exporter", &e).await }).await;
-        results.insert("jmp-exporter".into(), r);
-
-        let target = python("python 0.9.0", DEMO_EXPORT).await;
-        eprintln!("measuring {} ...", target.name);
-        let mut r = measure(&target).await;
-        drop(target);
-        eprintln!("serial through a pseudo-terminal: python ...");
-        r["serial_pty_4096"] =
-            serial_pty(|e| async move { python("python 0.9.0", &e).await }).await;
-        results.insert("python 0.9.0".into(), r);
-
-        let target = minimal().await;
-        eprintln!("measuring {} ...", target.name);
-        results.insert(target.name.into(), measure(&target).await);
-        drop(target);
-
-        let target = ours_through_router().await;
-        eprintln!("measuring {} ...", target.name);
-        results.insert(target.name.into(), measure_tunnel(&target).await);
-        drop(target);
+        if wanted("ours") {
+            let target = ours("jmp-exporter", DEMO_EXPORT).await;
+            eprintln!("measuring {} ...", target.name);
+            ours_r = measure(&target).await;
+            if wanted("sustained") {
+                eprintln!("sustained load on {} ...", target.name);
+                ours_r["sustained"] = sustained(&target).await;
+            }
+        }
+        if wanted("pty") {
+            eprintln!("serial through a pseudo-terminal: jmp-exporter ...");
+            ours_r["serial_pty_4096"] =
+                serial_pty(|e| async move { ours("jmp-exporter", &e).await }).await;
+        }
+        if wanted("python") {
+            let target = python("python 0.9.0", DEMO_EXPORT).await;
+            eprintln!("measuring {} ...", target.name);
+            python_r = measure(&target).await;
+            drop(target);
+            if wanted("pty") {
+                eprintln!("serial through a pseudo-terminal: python ...");
+                python_r["serial_pty_4096"] =
+                    serial_pty(|e| async move { python("python 0.9.0", &e).await }).await;
+            }
+        }
+        if wanted("minimal") {
+            let target = minimal().await;
+            eprintln!("measuring {} ...", target.name);
+            results.insert(target.name.into(), measure(&target).await);
+        }
+        if wanted("router") {
+            let target = ours_through_router().await;
+            eprintln!("measuring {} ...", target.name);
+            results.insert(target.name.into(), measure_tunnel(&target).await);
+        }
+        results.insert("jmp-exporter".into(), ours_r);
+        results.insert("python 0.9.0".into(), python_r);
         Value::Object(results)
     });
     let m = &results["machine"];
@@ -1349,8 +1370,12 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     print_table(&results);
-    print_tunnel(&results);
-    print_sustained(&results);
+    if results.get("jmp-exporter via router").is_some() {
+        print_tunnel(&results);
+    }
+    if results["jmp-exporter"].get("sustained").is_some() {
+        print_sustained(&results);
+    }
     let out = workspace().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join("compare.json");
