@@ -40,20 +40,21 @@ const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 
-/// How much is read from the connection at a time.
-const READ_CHUNK: usize = 16 * 1024;
-
 /// What the repair puts where a value has a byte no authority may hold.
 const REPLACEMENT: u8 = b'-';
 
 /// A connection whose client-to-server bytes pass through an [`AuthorityRewriter`].
+///
+/// Reads land directly in the server's buffer. Bytes the rewriter passes on unchanged (frame
+/// heads and payloads of everything but header blocks, which is nearly every byte of a busy
+/// connection) stay there; only from the start of a header block on are bytes copied out,
+/// held and handed on later through `pending`.
 pub struct Http2Edge<T> {
     io: T,
     rewriter: AuthorityRewriter,
-    /// Rewritten bytes the server has not taken yet; a released header block can be larger
-    /// than the server's read buffer.
+    /// Bytes that went through the rewriter's copying path and the server has not taken yet;
+    /// they come before anything read later.
     pending: BytesMut,
-    chunk: Box<[u8]>,
     eof: bool,
 }
 
@@ -63,7 +64,6 @@ impl<T> Http2Edge<T> {
             io,
             rewriter: AuthorityRewriter::new(),
             pending: BytesMut::new(),
-            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             eof: false,
         }
     }
@@ -95,13 +95,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for Http2Edge<T> {
             // Reading on while the rewriter holds everything back is bounded: it never holds
             // more than one frame head plus MAX_HEADER_BLOCK. Returning an empty read instead
             // would tell the server the connection ended.
-            let mut chunk = ReadBuf::new(&mut this.chunk);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut chunk))?;
-            if chunk.filled().is_empty() {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+            let fresh = &buf.filled()[before..];
+            if fresh.is_empty() {
                 this.eof = true;
                 this.rewriter.finish(&mut this.pending);
-            } else {
-                this.rewriter.feed(chunk.filled(), &mut this.pending);
+                continue;
+            }
+            let kept = this.rewriter.pass(fresh);
+            if kept < fresh.len() {
+                this.rewriter.feed(&fresh[kept..], &mut this.pending);
+                buf.set_filled(before + kept);
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -186,6 +194,42 @@ impl AuthorityRewriter {
             block: Vec::new(),
             table: DynamicTable::new(),
             reported_unfixable: false,
+        }
+    }
+
+    /// Steps over the longest start of `input` that goes on to the server unchanged and
+    /// without being held back, and returns its length; [`feed`](Self::feed) must take the
+    /// rest. The same state changes as `feed`, minus the copy: this stops before the preface,
+    /// a frame head that is incomplete or opens a header block, and anything inside a block.
+    pub fn pass(&mut self, input: &[u8]) -> usize {
+        let mut at = 0;
+        loop {
+            match self.state {
+                State::Passthrough => return input.len(),
+                State::Forward(0) => self.state = State::Head,
+                State::Forward(left) => {
+                    let n = left.min(input.len() - at);
+                    if n == 0 {
+                        return at;
+                    }
+                    at += n;
+                    self.state = State::Forward(left - n);
+                }
+                State::Head if self.head_len == 0 && self.block.is_empty() => {
+                    let Some(head) = input.get(at..at + FRAME_HEAD) else {
+                        return at;
+                    };
+                    if head[3] == HEADERS {
+                        return at;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    at += FRAME_HEAD;
+                    self.state = State::Forward(len);
+                }
+                _ => return at,
+            }
         }
     }
 
@@ -335,6 +379,19 @@ impl AuthorityRewriter {
     /// block could be read.
     fn rewrite_block(&mut self) -> Result<(), &'static str> {
         let fragments = fragments(&self.block)?;
+        if let [only] = &fragments[..] {
+            // One frame, as nearly every request is: no need to join fragments first.
+            let block = std::mem::take(&mut self.block);
+            let walked = self.walk(&block[only.clone()]);
+            self.block = block;
+            for range in walked? {
+                let at = only.start + range.start..only.start + range.end;
+                if !repair_authority(&mut self.block[at]) {
+                    self.report_unfixable("empty");
+                }
+            }
+            return Ok(());
+        }
         // A string may straddle frames: read the block as HPACK sees it, then write back.
         let mut hpack = Vec::with_capacity(self.block.len());
         for range in &fragments {
@@ -392,6 +449,11 @@ impl AuthorityRewriter {
                     self.table.name(index).ok_or(BAD_INDEX)?
                 };
                 let value = read_string(block, &mut at)?;
+                // Decoding is the costly part, and a value that is neither an authority nor
+                // kept in the table does not matter here (h2 clients send every `:path` so).
+                if !authority && !add {
+                    continue;
+                }
                 let value_text = value.text(block, &mut text)?;
                 let value_len = value_text.len();
                 if authority && Authority::try_from(value_text).is_err() {
@@ -643,11 +705,15 @@ mod tests {
         (out.to_vec(), rewriter)
     }
 
+    /// Every other piece goes the way `Http2Edge` reads it (what `pass` allows stays in
+    /// place, `feed` takes the rest), so both paths meet every state.
     fn run_in_chunks(input: &[u8], chunk: usize) -> Vec<u8> {
         let mut rewriter = AuthorityRewriter::new();
         let mut out = BytesMut::new();
-        for piece in input.chunks(chunk) {
-            rewriter.feed(piece, &mut out);
+        for (i, piece) in input.chunks(chunk).enumerate() {
+            let kept = if i % 2 == 0 { rewriter.pass(piece) } else { 0 };
+            out.extend_from_slice(&piece[..kept]);
+            rewriter.feed(&piece[kept..], &mut out);
         }
         rewriter.finish(&mut out);
         out.to_vec()

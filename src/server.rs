@@ -59,6 +59,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub struct Conn {
     io: Http2Edge<Box<dyn Io>>,
     origin: Origin,
+    session_end: CancellationToken,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -67,11 +68,20 @@ impl Conn {
         Self {
             io: Http2Edge::new(io),
             origin,
+            session_end: session_end.clone(),
             closed: Box::pin(session_end.clone().cancelled_owned()),
         }
     }
 
-    fn is_closed(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the session has ended. Cheap: the wake-up registration (`closed`) is only
+    /// renewed in [`Self::ended_while_pending`], where it is needed.
+    fn has_ended(&self) -> bool {
+        self.session_end.is_cancelled()
+    }
+
+    /// Called when the connection itself has nothing for us: makes sure the end of the
+    /// session wakes this task too, and says whether it came meanwhile.
+    fn ended_while_pending(&mut self, cx: &mut Context<'_>) -> bool {
         self.closed.poll_unpin(cx).is_ready()
     }
 }
@@ -90,10 +100,13 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.is_closed(cx) {
+        if self.has_ended() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Pending if self.ended_while_pending(cx) => Poll::Ready(Ok(())),
+            other => other,
+        }
     }
 }
 
@@ -103,10 +116,35 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.is_closed(cx) {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        let aborted = || Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        if self.has_ended() {
+            return aborted();
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending if self.ended_while_pending(cx) => aborted(),
+            other => other,
+        }
+    }
+
+    // Without these two, h2 sees a connection that cannot take vectored writes and sends
+    // every frame head and payload with a system call each.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let aborted = || Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        if self.has_ended() {
+            return aborted();
+        }
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending if self.ended_while_pending(cx) => aborted(),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
