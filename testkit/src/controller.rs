@@ -132,6 +132,22 @@ pub enum Event {
     LeaseEnded {
         lease: String,
     },
+    /// A call answered with an error the test injected ([`FakeController::fail_next`]).
+    Injected {
+        rpc: Rpc,
+        code: tonic::Code,
+    },
+    /// A Register call held without an answer ([`FakeController::hold_register`]).
+    RegisterHeld,
+}
+
+/// The exporter-facing RPCs a test can make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    Register,
+    Status,
+    Listen,
+    ReportStatus,
 }
 
 /// One incarnation of the server (between start/restart and stop).
@@ -362,6 +378,18 @@ impl FakeController {
     /// The client-facing view of a lease (as GetLease returns it).
     pub fn lease(&self, lease: &str) -> Option<client::Lease> {
         self.shared.lease_view(lease)
+    }
+
+    /// The next `times` calls of `rpc` answer `code` (a controller answering with errors).
+    pub fn fail_next(&self, rpc: Rpc, code: tonic::Code, times: usize) {
+        let mut faults = self.shared.faults.lock().unwrap();
+        faults.errors.insert(rpc, (code, times));
+    }
+
+    /// While on, Register calls get no answer until the controller is stopped (a controller
+    /// that dies in the middle of a Register).
+    pub fn hold_register(&self, on: bool) {
+        self.shared.faults.lock().unwrap().hold_register = on;
     }
 
     /// The exporter's last reported status (`None`: nothing since Register, or never

@@ -9,5 +9,5 @@ pub mod relay;
 pub mod router;
 pub mod tls;
 
-pub use controller::{Event, FakeController, Options};
+pub use controller::{Event, FakeController, Options, Rpc};
 pub use proxy::PausableProxy;

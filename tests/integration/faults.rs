@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jmp_exporter::proto::ExporterStatus;
-use jmp_testkit::{Event, FakeController, Options, PausableProxy};
+use jmp_testkit::{Event, FakeController, Options, PausableProxy, Rpc};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::exporter::Exporter;
@@ -312,4 +312,155 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken_over() {
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+fn injected(c: &FakeController, rpc: Rpc) -> usize {
+    c.events()
+        .iter()
+        .filter(|e| matches!(e, Event::Injected { rpc: r, .. } if *r == rpc))
+        .count()
+}
+
+fn is_report(e: &Event, want: ExporterStatus) -> bool {
+    matches!(e, Event::ReportStatus { status, .. } if *status == want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_answering_with_errors_delays_the_exporter_but_loses_nothing() {
+    let c = FakeController::start(Options::default()).await;
+    c.fail_next(Rpc::Register, tonic::Code::Unavailable, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&c, &dir, c.exporter_config_yaml(EXPORT)).await;
+    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
+        .await
+        .unwrap();
+    assert_eq!(injected(&c, Rpc::Register), 3);
+    let available = c
+        .wait_for(
+            |e| is_report(e, ExporterStatus::Available),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(available.is_some(), "{:#?}", c.events());
+    let pid = exporter.pid();
+    // One lease first, so the router channel (kept for reuse) is in the baseline.
+    let warm_up = c.create_ready_lease().await;
+    let mut client = router_client::connect(&c, &warm_up, CancellationToken::new()).await;
+    client
+        .get_report(())
+        .await
+        .expect("GetReport in the first lease");
+    drop(client);
+    let mark = c.mark();
+    c.end_lease(&warm_up).await;
+    let free = c
+        .wait_for_after(
+            mark,
+            |e| is_report(e, ExporterStatus::Available),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(free.is_some(), "{:#?}", &c.events()[mark..]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = holdings(pid);
+
+    // The lease starts while Listen and ReportStatus answer errors: both are retried.
+    c.fail_next(Rpc::Listen, tonic::Code::Internal, 2);
+    c.fail_next(Rpc::ReportStatus, tonic::Code::Unavailable, 2);
+    let lease = c.create_ready_lease().await;
+    let mut client = router_client::connect(&c, &lease, CancellationToken::new()).await;
+    client.get_report(()).await.expect("GetReport in the lease");
+    assert_eq!(injected(&c, Rpc::Listen), 2, "{:#?}", c.events());
+    assert_eq!(injected(&c, Rpc::ReportStatus), 2);
+
+    // A restart after which the Status stream fails twice: the exporter comes back and its
+    // lease with it, never reporting AVAILABLE in between.
+    let mark = c.mark();
+    c.stop().await;
+    c.fail_next(Rpc::Status, tonic::Code::Internal, 2);
+    c.restart().await;
+    let reopened = c
+        .wait_for_after(
+            mark,
+            |e| matches!(e, Event::ListenOpened { lease: l } if *l == lease),
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(reopened.is_some(), "{:#?}", &c.events()[mark..]);
+    let status_back = c
+        .wait_for_after(
+            mark,
+            |e| matches!(e, Event::StatusOpened),
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(status_back.is_some(), "{:#?}", &c.events()[mark..]);
+    assert_eq!(injected(&c, Rpc::Status), 2);
+    assert!(
+        !c.events()[mark..]
+            .iter()
+            .any(|e| is_report(e, ExporterStatus::Available)),
+        "AVAILABLE during the lease: {:#?}",
+        &c.events()[mark..]
+    );
+    let mut client = router_client::connect(&c, &lease, CancellationToken::new()).await;
+    client
+        .get_report(())
+        .await
+        .expect("GetReport after the restart");
+    drop(client);
+
+    let mark = c.mark();
+    c.end_lease(&lease).await;
+    let back = c
+        .wait_for_after(
+            mark,
+            |e| is_report(e, ExporterStatus::Available),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(back.is_some(), "{:#?}", &c.events()[mark..]);
+    let after = settles_back(pid, baseline, 0).await;
+    assert!(
+        after.fds <= baseline.fds && after.children == 0,
+        "leaked: {baseline:?} -> {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_dies_during_register_is_registered_with_after_its_restart() {
+    let c = FakeController::start(Options::default()).await;
+    c.hold_register(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&c, &dir, c.exporter_config_yaml(EXPORT)).await;
+    let mut child = tokio::process::Command::new(crate::support::exporter::binary())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let held = c
+        .wait_for(
+            |e| matches!(e, Event::RegisterHeld),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(held.is_some(), "{:#?}", c.events());
+    c.stop().await;
+    c.hold_register(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.restart().await;
+    let registered = c
+        .wait_for(
+            |e| matches!(e, Event::Register { .. }),
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(registered.is_some(), "{:#?}", c.events());
+    let lease = c.create_ready_lease().await;
+    let mut client = router_client::connect(&c, &lease, CancellationToken::new()).await;
+    client.get_report(()).await.expect("GetReport in the lease");
+    assert!(child.try_wait().unwrap().is_none(), "the exporter exited");
 }

@@ -23,7 +23,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::state::Shared;
-use super::Event;
+use super::{Event, Rpc};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -202,6 +202,12 @@ impl ControllerService for Services {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         self.check(request.metadata(), Kind::Exporter)?;
+        self.shared.injected(Rpc::Register)?;
+        if self.shared.faults.lock().unwrap().hold_register {
+            self.shared.record(Event::RegisterHeld);
+            self.life.cancelled().await;
+            return Err(Status::unavailable("controller stopped"));
+        }
         let metadata = interesting_metadata(request.metadata());
         let req = request.into_inner();
         let uuid = self
@@ -229,6 +235,7 @@ impl ControllerService for Services {
             ));
         }
         self.check(request.metadata(), Kind::Exporter)?;
+        self.shared.injected(Rpc::ReportStatus)?;
         let req = request.into_inner();
         let status = ExporterStatus::try_from(req.status).unwrap_or(ExporterStatus::Unspecified);
         self.shared
@@ -243,6 +250,7 @@ impl ControllerService for Services {
         request: Request<ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
         self.check(request.metadata(), Kind::Exporter)?;
+        self.shared.injected(Rpc::Listen)?;
         let lease = request.into_inner().lease_name;
         let opened = self.shared.open_listen(&lease)?;
         let (mut rx, kept) = (opened.queue, opened.idle_sender);
@@ -277,6 +285,7 @@ impl ControllerService for Services {
         request: Request<StatusRequest>,
     ) -> Result<Response<Self::StatusStream>, Status> {
         self.check(request.metadata(), Kind::Exporter)?;
+        self.shared.injected(Rpc::Status)?;
         let rx = self.shared.subscribe_status();
         self.shared.record(Event::StatusOpened);
         let guard = StatusGuard(self.shared.clone());

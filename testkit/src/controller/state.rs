@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::{Event, Options};
+use super::{Event, Options, Rpc};
 use crate::relay::Relay;
 
 /// How many router tokens may wait on one lease's Listen (Go: a channel of 8).
@@ -139,6 +139,17 @@ pub(crate) struct Shared {
     pub relay: Relay,
     /// Cancelled only when the FakeController is dropped (for calls made by the test itself).
     pub forever: CancellationToken,
+    /// Faults the test asked for.
+    pub faults: Mutex<Faults>,
+}
+
+/// Errors and hangs a test injects into the exporter-facing RPCs.
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// The next `n` calls of an RPC answer this code.
+    pub errors: HashMap<Rpc, (tonic::Code, usize)>,
+    /// Register calls are held (no answer) until the controller stops.
+    pub hold_register: bool,
 }
 
 /// A label selector term (`k=v`, `k==v`, `k!=v`, `k`, `!k`).
@@ -303,7 +314,24 @@ impl Shared {
             events_seen: watch::channel(0).0,
             relay: Relay::new(),
             forever: CancellationToken::new(),
+            faults: Mutex::new(Faults::default()),
         })
+    }
+
+    /// The injected error for this call of `rpc`, if one is due (and records it).
+    pub fn injected(&self, rpc: Rpc) -> Result<(), Status> {
+        let code = {
+            let mut faults = self.faults.lock().unwrap();
+            match faults.errors.get_mut(&rpc) {
+                Some((code, left)) if *left > 0 => {
+                    *left -= 1;
+                    *code
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.record(Event::Injected { rpc, code });
+        Err(Status::new(code, format!("fault injected by the test into {rpc:?}")))
     }
 
     pub fn record(&self, event: Event) {
