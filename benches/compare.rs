@@ -800,6 +800,8 @@ async fn echo(target: &Target, driver: &str, size: usize) -> Value {
 
     let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
     let payload = Bytes::from(vec![0x5au8; size]);
+    let helper = target.helper.as_ref().map(Child::id);
+    let helper_cpu0 = helper.map(tree_cpu);
     let cpu0 = tree_cpu(pid);
     let begin = Instant::now();
     let deadline = begin + seconds();
@@ -828,12 +830,24 @@ async fn echo(target: &Target, driver: &str, size: usize) -> Value {
     let sent = writer.await.unwrap();
     let elapsed = begin.elapsed().as_secs_f64();
     let cpu = tree_cpu(pid).saturating_sub(cpu0).as_secs_f64();
-    json!({
+    let per_gb = |cpu: f64| {
+        if received > 0 {
+            cpu / (received as f64 / 1e9)
+        } else {
+            0.0
+        }
+    };
+    let mut result = json!({
         "mb_per_s": received as f64 / elapsed / 1e6,
         "sent_mb": sent as f64 / 1e6,
-        "cpu_s_per_gb": if received > 0 { cpu / (received as f64 / 1e9) } else { 0.0 },
+        "cpu_s_per_gb": per_gb(cpu),
         "first_byte_p50_us": percentile(&first, 0.5).as_micros() as u64,
-    })
+    });
+    if let (Some(pid), Some(cpu0)) = (helper, helper_cpu0) {
+        let cpu = tree_cpu(pid).saturating_sub(cpu0).as_secs_f64();
+        result["router_cpu_s_per_gb"] = json!(per_gb(cpu));
+    }
+    result
 }
 
 /// The cases that show what the router tunnel costs.
@@ -1031,8 +1045,9 @@ fn profile_load(kind: &str) {
                 }
             }
             "echo" => {
-                // COUNT writes of 4 KiB through one echo stream.
-                let uuid = uuid_of(&chans[0], "echo").await;
+                // COUNT writes of 4 KiB through one byte stream of `JMP_BENCH_DRIVER` (echo).
+                let driver = std::env::var("JMP_BENCH_DRIVER").unwrap_or_else(|_| "echo".into());
+                let uuid = uuid_of(&chans[0], &driver).await;
                 let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
                 let chunk = Bytes::from(vec![0x5au8; 4096]);
                 let writer = tokio::spawn(async move {
@@ -1262,6 +1277,19 @@ fn print_tunnel(results: &Value) {
             (1.0 - b / a) * 100.0
         );
     }
+    // Throughput counts every process on the two cores; CPU per byte shows what the tunnel
+    // costs the exporter itself, and what the (fake) router spends beside it.
+    println!("\n| CPU per GB echoed, 32 KiB writes (s/GB) | direct | via router |");
+    println!("|---|---:|---:|");
+    println!(
+        "| jmp-exporter | {} | {} |",
+        show(get(direct, "echo_32768.cpu_s_per_gb")),
+        show(get(routed, "echo_32768.cpu_s_per_gb"))
+    );
+    println!(
+        "| fake router (its own process) | | {} |",
+        show(get(routed, "echo_32768.router_cpu_s_per_gb"))
+    );
 }
 
 fn print_sustained(results: &Value) {
