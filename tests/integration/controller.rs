@@ -9,7 +9,8 @@ use jmp_exporter::proto::ExporterStatus;
 use jmp_testkit::controller::{Event, FakeController, Options};
 
 use crate::support::exporter::Exporter;
-use crate::support::python;
+use crate::support::process::{holdings, settles_back};
+use crate::support::{python, soak};
 
 const EXPORT: &str = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {url: 'loop://'}\n  console:\n    ref: serial\n";
 
@@ -173,12 +174,52 @@ async fn controller_restarts_never_need_an_exporter_restart() {
             .count()
     };
 
-    // Idle: twice.
-    for round in 1..=2 {
+    // CI: 2 idle + 3 mid-lease restarts; soak: 8 + 12, the last idle one after 3 minutes of
+    // an unreachable controller.
+    let (idle, mid_lease) = if soak() { (8, 12) } else { (2, 3) };
+    let pid = lab.exporter.pid();
+    // A first lease with a client, so that the router channel (kept for reuse) is in the
+    // baseline.
+    let warm_up = c.create_ready_lease().await;
+    let mut client =
+        jmp_testkit::client::connect(c, &warm_up, tokio_util::sync::CancellationToken::new()).await;
+    client
+        .get_report(())
+        .await
+        .expect("GetReport in the first lease");
+    drop(client);
+    let mark = c.mark();
+    c.end_lease(&warm_up).await;
+    let free = c
+        .wait_for_after(
+            mark,
+            |e| {
+                matches!(
+                    e,
+                    Event::ReportStatus {
+                        status: ExporterStatus::Available,
+                        ..
+                    }
+                )
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(free.is_some(), "{:#?}", c.events());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = holdings(pid);
+    let registered_before = registers(c);
+
+    for round in 1..=idle {
         c.stop().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let down = if soak() && round == idle {
+            Duration::from_secs(180)
+        } else {
+            Duration::from_millis(300)
+        };
+        tokio::time::sleep(down).await;
         c.restart().await;
-        let want = round + 1;
+        let want = registered_before + round;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
         while registers(c) < want {
             assert!(
@@ -191,10 +232,9 @@ async fn controller_restarts_never_need_an_exporter_restart() {
     }
 
     // Mid-lease: the lease survives restarts and the exporter never reports AVAILABLE meanwhile.
-    let lease = c.create_lease().await;
-    wait_for_report(c, ExporterStatus::LeaseReady, "Ready for commands").await;
+    let lease = c.create_ready_lease().await;
     let before = c.events().len();
-    for _ in 0..3 {
+    for _ in 0..mid_lease {
         let mark = c.mark();
         c.stop().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -224,6 +264,23 @@ async fn controller_restarts_never_need_an_exporter_restart() {
     assert!(!token.is_empty());
     c.end_lease(&lease).await;
     wait_for_report(c, ExporterStatus::Available, "Available for new lease").await;
+    // Nothing held beyond what an idle exporter holds (the restarts came and went).
+    let after = settles_back(pid, baseline, 0).await;
+    assert!(
+        after.fds <= baseline.fds && after.children == 0,
+        "after {} restarts: {baseline:?} -> {after:?}",
+        idle + mid_lease
+    );
+    if soak() {
+        eprintln!(
+            "soak: {} controller restarts survived; VmRSS {} -> {} KiB, fds {} -> {}",
+            idle + mid_lease,
+            baseline.rss_kib,
+            after.rss_kib,
+            baseline.fds,
+            after.fds
+        );
+    }
 
     // Leaving: OFFLINE, then Unregister, then exit 0.
     let status = lab.exporter.stop();
