@@ -702,3 +702,83 @@ async fn absurd_timeouts_are_honoured_or_ignored_without_harm() {
     still_serves(&ex).await;
     assert!(ex.log().contains("power on"), "{}", ex.log());
 }
+
+/// A byte stream to `driver` whose client sends 64 KiB frames without end and never reads an
+/// answer; returns the counter of bytes the client's gRPC stack has taken so far.
+async fn send_without_reading(
+    channel: Channel,
+    driver: String,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let taken = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = taken.clone();
+    let chunk = bytes::Bytes::from(vec![0x5au8; 64 * 1024]);
+    let frames = futures::stream::repeat_with(move || {
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        frame::data_request(chunk.clone())
+    });
+    let mut request = tonic::Request::new(frames);
+    let target = format!(r#"{{"kind":"driver","uuid":"{driver}","method":"connect"}}"#);
+    request
+        .metadata_mut()
+        .insert("request", target.parse().unwrap());
+    let held = tokio::spawn(async move {
+        // The response is opened and then left unread for the life of the task.
+        let response = RouterServiceClient::new(channel).stream(request).await;
+        let _unread = response;
+        std::future::pending::<()>().await;
+    });
+    (taken, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_held_back_not_buffered() {
+    use std::sync::atomic::Ordering;
+    let ex = start(false).await;
+    let target = Target::of(&ex);
+    let mut client = ExporterServiceClient::new(target.channel().await);
+    let pid = ex.pid();
+    let rss_before = rss_kib(pid);
+
+    // Echo (a bounded in-process pipe) and the loopback serial console, each on a connection
+    // of its own, each sending without reading.
+    let mut held = Vec::new();
+    for name in ["echo", "serial"] {
+        let uuid = uuid_of(&mut client, name).await;
+        held.push((
+            name,
+            send_without_reading(target.channel().await, uuid).await,
+        ));
+    }
+    // Let flow control close in, then check that nothing moves any more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let first: Vec<u64> = held
+        .iter()
+        .map(|(_, (n, _))| n.load(Ordering::Relaxed))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for ((name, (taken, _)), before) in held.iter().zip(&first) {
+        let now = taken.load(Ordering::Relaxed);
+        eprintln!("{name}: the client could hand over {now} bytes before being held back");
+        assert_eq!(
+            now, *before,
+            "{name}: the exporter kept taking bytes nobody reads"
+        );
+        assert!(now < 64 << 20, "{name}: {now} bytes accepted");
+    }
+    let rss_after = rss_kib(pid);
+    eprintln!("stopped readers: VmRSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "VmRSS {rss_before} KiB -> {rss_after} KiB"
+    );
+    // Others are served meanwhile, and the stuck streams end with their clients.
+    still_serves(&ex).await;
+    for (_, (_, task)) in held {
+        task.abort();
+    }
+    still_serves(&ex).await;
+}
