@@ -444,3 +444,66 @@ async fn sighup_lets_the_current_lease_finish_before_stopping() {
         .expect("Unregister");
     assert!(ended < unregister);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_certificate_is_verified_unless_insecure_which_warns_once() {
+    use base64::Engine as _;
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A CA that did not sign the controller's certificate.
+    let stranger = jmp_testkit::tls::TestCert::generate();
+    let wrong_ca = base64::engine::general_purpose::STANDARD.encode(stranger.pem());
+    let yaml = c
+        .exporter_config_yaml(EXPORT)
+        .replace(&c.ca_base64(), &wrong_ca);
+    let verified = dir.path().join("verified.yaml");
+    std::fs::write(&verified, &yaml).unwrap();
+    let insecure = dir.path().join("insecure.yaml");
+    std::fs::write(&insecure, yaml.replace("insecure: false", "insecure: true")).unwrap();
+
+    let refused =
+        tokio::task::spawn_blocking(move || Exporter::controller_unwaited(&verified, &[]))
+            .await
+            .unwrap();
+    assert!(
+        refused.wait_for_log("cannot register"),
+        "no registration error:\n{}",
+        refused.log()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !c.events()
+            .iter()
+            .any(|e| matches!(e, Event::Register { .. })),
+        "registered through an unverified certificate: {:#?}",
+        c.events()
+    );
+    assert!(
+        refused.log().to_lowercase().contains("certificate"),
+        "{}",
+        refused.log()
+    );
+    drop(refused);
+
+    let trusting = tokio::task::spawn_blocking(move || Exporter::controller(&insecure))
+        .await
+        .unwrap();
+    // Once per process, not once per connection: a controller restart does not repeat it.
+    let mark = c.mark();
+    c.stop().await;
+    c.restart().await;
+    let again = c
+        .wait_for_after(
+            mark,
+            |e| matches!(e, Event::Register { .. }),
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(again.is_some(), "{:#?}", c.events());
+    let warnings = trusting
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("tls.insecure"))
+        .count();
+    assert_eq!(warnings, 1, "{}", trusting.log());
+}

@@ -104,17 +104,22 @@ impl Exporter {
     }
 
     pub fn controller_with_env(config: &Path, envs: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = base_command();
-        cmd.arg("run").arg("--config").arg(config);
-        cmd.envs(envs.iter().copied());
-        let exporter = Self::spawn(cmd, dir, None, false);
+        let exporter = Self::controller_unwaited(config, envs);
         assert!(
             exporter.wait_for_log("registered with the controller"),
             "the exporter did not register:\n{}",
             exporter.log()
         );
         exporter
+    }
+
+    /// Runs `config` in controller mode without waiting for anything.
+    pub fn controller_unwaited(config: &Path, envs: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = base_command();
+        cmd.arg("run").arg("--config").arg(config);
+        cmd.envs(envs.iter().copied());
+        Self::spawn(cmd, dir, None, false)
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir, socket: Option<PathBuf>, tcp: bool) -> Self {
