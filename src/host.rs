@@ -117,8 +117,11 @@ fn runtime_dir() -> std::io::Result<tempfile::TempDir> {
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
     SWEEP.call_once(|| sweep_stale(&base));
+    // Private: only the exporter's user may reach the hook socket through it.
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(base)
 }
 

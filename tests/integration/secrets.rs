@@ -138,3 +138,25 @@ fn a_standalone_passphrase_stays_out_of_logs_and_hook_environments() {
         &[PASSPHRASE.to_string(), "not-it-S3CRET".to_string()],
     );
 }
+
+#[test]
+fn sockets_are_for_owner_and_group_only_and_hook_sockets_live_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let runtime = tempfile::tempdir().unwrap();
+    let exporter = Exporter::unix_with_env(
+        &config("demo.yaml"),
+        &[("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())],
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let socket = exporter.socket.clone().unwrap();
+    assert_eq!(mode(&socket), 0o660, "{}", socket.display());
+    let private: Vec<_> = std::fs::read_dir(runtime.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(private.len(), 1, "{private:?}");
+    assert_eq!(mode(&private[0]), 0o700, "{}", private[0].display());
+    let hook_socket = private[0].join("hook.sock");
+    assert_eq!(mode(&hook_socket), 0o660, "{}", hook_socket.display());
+}
