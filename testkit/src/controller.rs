@@ -314,10 +314,6 @@ impl FakeController {
         }
     }
 
-    /// Creates a lease for the client on the configured exporter (as CreateLease with
-    /// `exporter_name` and a 30 min duration would) and returns its id. It is assigned at once
-    /// when the exporter is registered, free and AVAILABLE (or has reported nothing), otherwise
-    /// as soon as it is.
     /// Creates a lease and waits until the exporter reports LEASE_READY for it; panics after
     /// 20 s, showing what was recorded.
     pub async fn create_ready_lease(&self) -> String {
@@ -346,6 +342,10 @@ impl FakeController {
         lease
     }
 
+    /// Creates a lease for the client on the configured exporter (as CreateLease with
+    /// `exporter_name` and a 30 min duration would) and returns its id. It is assigned at once
+    /// when the exporter is registered, free and AVAILABLE (or has reported nothing), otherwise
+    /// as soon as it is.
     pub async fn create_lease(&self) -> String {
         let name = self.shared.options.exporter_name.clone();
         self.shared
