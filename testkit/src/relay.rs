@@ -9,6 +9,7 @@
 //! - both calls end with OK only once both directions have reached end of stream (a side whose
 //!   call goes away counts as ended, so its peer is not held forever).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +19,14 @@ use futures::{Stream, StreamExt};
 use jmp_exporter::proto::{StreamRequest, StreamResponse};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 /// What a paired call streams back: its peer's frames, then the end once both sides are done.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Result<StreamResponse, Status>> + Send>>;
+
+/// What a caller sends: its request frames (a call's `Streaming<StreamRequest>`, or any other
+/// stream of frames, which lets the pairing be tested without sockets).
+type Inbound = Pin<Box<dyn Stream<Item = Result<StreamRequest, Status>> + Send>>;
 
 /// The two directions of a pair: `first_to_second` is done once the second caller has seen
 /// the end of the first caller's frames (or has gone away), and the other way round.
@@ -40,9 +45,9 @@ struct Side {
 
 struct Waiter {
     id: u64,
-    inbound: Streaming<StreamRequest>,
+    inbound: Inbound,
     directions: Directions,
-    give: oneshot::Sender<Streaming<StreamRequest>>,
+    give: oneshot::Sender<Inbound>,
 }
 
 /// Pairs calls by token. Cheap to clone; clones share the waiting room.
@@ -79,10 +84,10 @@ impl Relay {
     pub async fn join(
         &self,
         token: String,
-        inbound: Streaming<StreamRequest>,
+        inbound: impl Stream<Item = Result<StreamRequest, Status>> + Send + 'static,
         life: CancellationToken,
     ) -> Result<FrameStream, Status> {
-        let (mut peer, side) = self.pair(token, inbound, &life).await?;
+        let (mut peer, side) = self.pair(token, Box::pin(inbound), &life).await?;
         let first = tokio::select! {
             first = peer.next() => first,
             _ = life.cancelled() => return Err(Status::unavailable("router stopped")),
@@ -129,50 +134,57 @@ impl Relay {
     async fn pair(
         &self,
         token: String,
-        inbound: Streaming<StreamRequest>,
+        inbound: Inbound,
         life: &CancellationToken,
-    ) -> Result<(Streaming<StreamRequest>, Side), Status> {
+    ) -> Result<(Inbound, Side), Status> {
         let mut inbound = inbound;
-        loop {
-            let first = self.waiting.lock().unwrap().remove(&token);
-            match first {
-                Some(w) => match w.give.send(inbound) {
-                    Ok(()) => {
-                        let side = Side {
-                            observed: w.directions.first_to_second.drop_guard(),
-                            other: w.directions.second_to_first,
-                        };
-                        return Ok((w.inbound, side));
+        let (take, side, _guard) = loop {
+            // Looking for a waiter and becoming the waiter are one step under one lock. As two
+            // steps, two callers arriving together could both find the room empty; the second
+            // to sit down replaced the first, which then got "peer never arrived" while the
+            // second waited forever: a client connection that stalled under load.
+            let mut waiting = self.waiting.lock().unwrap();
+            match waiting.entry(token.clone()) {
+                Entry::Occupied(seat) => {
+                    let w = seat.remove();
+                    drop(waiting);
+                    match w.give.send(inbound) {
+                        Ok(()) => {
+                            let side = Side {
+                                observed: w.directions.first_to_second.drop_guard(),
+                                other: w.directions.second_to_first,
+                            };
+                            return Ok((w.inbound, side));
+                        }
+                        // That waiter's call is gone; look again (and take its place).
+                        Err(back) => inbound = back,
                     }
-                    // That waiter's call is gone; take its place.
-                    Err(back) => inbound = back,
-                },
-                None => break,
+                }
+                Entry::Vacant(seat) => {
+                    let id = self.ids.fetch_add(1, Ordering::Relaxed);
+                    let directions = Directions {
+                        first_to_second: CancellationToken::new(),
+                        second_to_first: CancellationToken::new(),
+                    };
+                    let side = Side {
+                        observed: directions.second_to_first.clone().drop_guard(),
+                        other: directions.first_to_second.clone(),
+                    };
+                    let (give, take) = oneshot::channel();
+                    seat.insert(Waiter {
+                        id,
+                        inbound,
+                        directions,
+                        give,
+                    });
+                    let guard = WaitGuard {
+                        waiting: self.waiting.clone(),
+                        token,
+                        id,
+                    };
+                    break (take, side, guard);
+                }
             }
-        }
-        let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let directions = Directions {
-            first_to_second: CancellationToken::new(),
-            second_to_first: CancellationToken::new(),
-        };
-        let side = Side {
-            observed: directions.second_to_first.clone().drop_guard(),
-            other: directions.first_to_second.clone(),
-        };
-        let (give, take) = oneshot::channel();
-        self.waiting.lock().unwrap().insert(
-            token.clone(),
-            Waiter {
-                id,
-                inbound,
-                directions,
-                give,
-            },
-        );
-        let _guard = WaitGuard {
-            waiting: self.waiting.clone(),
-            token,
-            id,
         };
         tokio::select! {
             peer = take => peer
@@ -180,5 +192,109 @@ impl Relay {
                 .map_err(|_| Status::aborted("peer never arrived")),
             _ = life.cancelled() => Err(Status::unavailable("router stopped")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::time::Duration;
+
+    use jmp_exporter::frame;
+
+    use super::*;
+
+    /// A caller that sends one DATA frame saying who it is and then keeps its call open.
+    fn caller(
+        name: &'static [u8],
+    ) -> impl Stream<Item = Result<StreamRequest, Status>> + Send + 'static {
+        futures::stream::once(async move { Ok(frame::data_request(name.into())) })
+            .chain(futures::stream::pending())
+    }
+
+    /// Lets two threads go at (nearly) the same instant: each spins until both have arrived
+    /// for `round`. A sleeping barrier wakes its threads tens of microseconds apart, which
+    /// makes the arrivals this test is about rarer.
+    fn together(arrived: &AtomicUsize, round: usize) {
+        arrived.fetch_add(1, Ordering::SeqCst);
+        let mut spins = 0u32;
+        while arrived.load(Ordering::SeqCst) < 2 * (round + 1) {
+            spins += 1;
+            if spins.is_multiple_of(1024) {
+                // Both threads may share one core on a busy machine.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// The exporter (token from Listen) and the client (token from Dial) reach the router at
+    /// the same moment. Each side must be paired with the other, whatever the interleaving:
+    /// a lost pairing leaves one call refused and the other waiting forever, which is how a
+    /// client connection through the fake router stalled under load. Two OS threads released
+    /// together, round after round (a new token each), make the close arrivals that load made
+    /// rare; with the two-step pairing this failed within a few thousand rounds.
+    #[test]
+    fn two_callers_arriving_at_once_are_always_paired() {
+        const MAX_ROUNDS: usize = 50_000;
+        const BUDGET: Duration = Duration::from_secs(3);
+        let relay = Relay::new();
+        let life = CancellationToken::new();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        // Set before a thread's next `together`, so both threads see it after that barrier.
+        let stop = Arc::new(AtomicBool::new(false));
+        let began = std::time::Instant::now();
+        let side = |me: &'static [u8], peer: &'static [u8]| {
+            let (relay, life) = (relay.clone(), life.clone());
+            let (arrived, stop) = (arrived.clone(), stop.clone());
+            std::thread::spawn(move || -> Result<usize, String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let mut first_error = None;
+                let mut round = 0;
+                loop {
+                    together(&arrived, round);
+                    if stop.load(Ordering::SeqCst) {
+                        return first_error.map_or(Ok(round), Err);
+                    }
+                    let outcome = rt.block_on(async {
+                        let joined = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            relay.join(format!("token-{round}"), caller(me), life.clone()),
+                        )
+                        .await;
+                        match joined {
+                            Err(_) => Err("no peer within 2 s".to_string()),
+                            Ok(Err(status)) => Err(format!("refused: {status:?}")),
+                            Ok(Ok(mut frames)) => match frames.next().await {
+                                Some(Ok(f)) if f.payload == peer => Ok(()),
+                                other => Err(format!("wrong first frame: {other:?}")),
+                            },
+                        }
+                    });
+                    round += 1;
+                    if let Err(e) = outcome {
+                        let who = String::from_utf8_lossy(me);
+                        first_error.get_or_insert(format!("{who} in round {round}: {e}"));
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    // One thread decides when enough rounds have run.
+                    if me == b"exporter" && (round == MAX_ROUNDS || began.elapsed() > BUDGET) {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        let exporter = side(b"exporter", b"client");
+        let client = side(b"client", b"exporter");
+        let (exporter, client) = (exporter.join().unwrap(), client.join().unwrap());
+        assert!(
+            exporter.is_ok() && client.is_ok(),
+            "a pairing was lost: exporter {exporter:?}, client {client:?}"
+        );
+        eprintln!("{} rounds paired", exporter.unwrap());
     }
 }
