@@ -55,7 +55,13 @@ pub async fn channel(c: &FakeController, lease: &str, stop: CancellationToken) -
     .unwrap();
     let router = controller::channel(&c.endpoint(), tls, &ChannelOptions::default()).unwrap();
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(async move { tunnel::bridge(router, &token, theirs, stop).await });
+    tokio::spawn(async move {
+        // Said out loud: otherwise a refused router call shows only as a broken pipe on the
+        // client's next call, with nothing to tell which hop failed.
+        if let Err(e) = tunnel::bridge(router, &token, theirs, stop).await {
+            eprintln!("test client: the tunnel through the router failed: {e}");
+        }
+    });
     channel_over(ours).await
 }
 

@@ -159,23 +159,38 @@ fn is_status(e: &Event, want: ExporterStatus) -> bool {
 /// `f`, or a panic naming the lease and the step if it takes more than 20 s, with the
 /// exporter's last log lines and what the controller saw during this lease.
 async fn step<T>(
-    (c, ex, mark, i): (&FakeController, &Exporter, usize, usize),
+    at: (&FakeController, &Exporter, usize, usize),
     what: &str,
     f: impl std::future::Future<Output = T>,
 ) -> T {
     match tokio::time::timeout(Duration::from_secs(20), f).await {
         Ok(t) => t,
-        Err(_) => {
-            let log = ex.log();
-            let tail: Vec<_> = log.lines().rev().take(40).collect();
-            let tail: Vec<_> = tail.into_iter().rev().collect();
-            panic!(
-                "lease {i}: {what} hung\nevents: {:#?}\nexporter log tail:\n{}",
-                &c.events()[mark..],
-                tail.join("\n")
-            )
-        }
+        Err(_) => diagnose(at, &format!("{what} hung")),
     }
+}
+
+/// [`step`] for a call: a failed call gets the same diagnosis as a hung one (a connection
+/// whose router call was refused fails its next call with a broken pipe).
+async fn call<T>(
+    at: (&FakeController, &Exporter, usize, usize),
+    what: &str,
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> T {
+    match step(at, what, f).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => diagnose(at, &format!("{what}: {status:?}")),
+    }
+}
+
+fn diagnose((c, ex, mark, i): (&FakeController, &Exporter, usize, usize), what: &str) -> ! {
+    let log = ex.log();
+    let tail: Vec<_> = log.lines().rev().take(40).collect();
+    let tail: Vec<_> = tail.into_iter().rev().collect();
+    panic!(
+        "lease {i}: {what}\nevents: {:#?}\nexporter log tail:\n{}",
+        &c.events()[mark..],
+        tail.join("\n")
+    )
 }
 
 /// One lease: LEASE_READY, a client through the router making GetReport and a DriverCall,
@@ -198,10 +213,7 @@ async fn lease_cycle(c: &FakeController, ex: &Exporter, i: usize) {
         jmp_testkit::client::connect(c, &lease, gone.clone()),
     )
     .await;
-    let report = step((c, ex, mark, i), "GetReport", client.get_report(()))
-        .await
-        .unwrap_or_else(|s| panic!("lease {i}: GetReport: {s:?}"))
-        .into_inner();
+    let report = call((c, ex, mark, i), "GetReport", client.get_report(())).await;
     assert_eq!(report.reports.len(), 2, "lease {i}: root and power");
     let power = report
         .reports
@@ -215,9 +227,7 @@ async fn lease_cycle(c: &FakeController, ex: &Exporter, i: usize) {
         method: "on".into(),
         args: vec![],
     };
-    step((c, ex, mark, i), "DriverCall", client.driver_call(on))
-        .await
-        .unwrap_or_else(|s| panic!("lease {i}: DriverCall: {s:?}"));
+    call((c, ex, mark, i), "DriverCall", client.driver_call(on)).await;
     drop(client);
     gone.cancel();
 
