@@ -312,3 +312,60 @@ async fn lease_cycles_through_controller_and_router_leak_nothing() {
     );
     drop(exporter);
 }
+
+/// Connections of one lease dialled back to back, eight at a time (the most tokens one Listen
+/// holds), as a `jmp shell` with several `j` commands makes them: the exporter's tunnel and
+/// the client reach the router at nearly the same moment, in either order, and every
+/// connection must get through. (The fake router once lost a pairing when both sides arrived
+/// together, about once in 5,000 connections under load; the relay's own unit test is what
+/// reproduces that race reliably. This one covers the hand-off of a full token queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dialled_back_to_back_all_get_through_the_router() {
+    const WAVES: usize = 10;
+    const AT_ONCE: usize = 8;
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exporter.yaml");
+    std::fs::write(&path, c.exporter_config_yaml(EXPORT)).unwrap();
+    let exporter = tokio::task::spawn_blocking(move || {
+        Exporter::controller_with_env(&path, &[("JMP_EXPORTER_LOG", "warn,jmp_exporter=debug")])
+    })
+    .await
+    .unwrap();
+    let lease = c.create_ready_lease().await;
+    for wave in 0..WAVES {
+        let mark = c.mark();
+        let clients: Vec<_> = (0..AT_ONCE)
+            .map(|n| {
+                let gone = CancellationToken::new();
+                let connect = jmp_testkit::client::connect(&c, &lease, gone.clone());
+                async move {
+                    let mut client = connect.await;
+                    let report =
+                        tokio::time::timeout(Duration::from_secs(20), client.get_report(()))
+                            .await
+                            .map_err(|_| format!("connection {n}: GetReport hung"))?
+                            .map_err(|s| format!("connection {n}: GetReport: {s:?}"))?;
+                    gone.cancel();
+                    Ok::<_, String>(report.into_inner().reports.len())
+                }
+            })
+            .collect();
+        let results = futures::future::join_all(clients).await;
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if !failed.is_empty() {
+            diagnose(
+                (&c, &exporter, mark, 0),
+                &format!(
+                    "wave {wave}: {} of {AT_ONCE} connections failed: {failed:?}",
+                    failed.len()
+                ),
+            );
+        }
+        assert!(
+            results.iter().all(|r| r == &Ok(2)),
+            "wave {wave}: {results:?}"
+        );
+    }
+    drop(exporter);
+}
