@@ -1405,12 +1405,12 @@ fn main() {
     });
     let m = &results["machine"];
     println!(
-        "\n{} cores ({}), load average {} at start, {} s per case, release build; the whole run took {:.0} s.",
+        "\nLatest run ({} cores, {}, {} s per case, release build, {:.0} s in all; load average {} at the start):",
         m["cpus"],
         m["cpu"].as_str().unwrap_or(""),
-        m["load_average_1min_at_start"].as_str().unwrap_or(""),
         seconds().as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        m["load_average_1min_at_start"].as_str().unwrap_or(""),
     );
     print_table(&results);
     if results.get("tunnel").is_some() {
