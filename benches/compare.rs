@@ -4,10 +4,10 @@
 //! through the fake controller's router, serial through a pseudo-terminal, and a sustained
 //! mixed load that watches our memory.
 //!
-//! Run: `cargo bench --bench compare` (about four minutes). Prints markdown tables (ready to
-//! paste into the README) and writes `target/bench/compare.json`. `JMP_BENCH_SECONDS` sets the
-//! length of each measurement (default 3), `JMP_BENCH_SUSTAINED_SECONDS` the memory phase
-//! (default 60). The Python exporter comes from the tests' virtualenv (`jmp_testkit::python`),
+//! Run: `cargo bench --bench compare` (about three and a half minutes). Prints markdown
+//! tables (ready to paste into the README) and writes `target/bench/compare.json`.
+//! `JMP_BENCH_SECONDS` sets the length of each measurement (default 3),
+//! `JMP_BENCH_SUSTAINED_SECONDS` the memory phase (default 60). The Python exporter comes from the tests' virtualenv (`jmp_testkit::python`),
 //! created on first use.
 //!
 //! Helper processes are this same binary started again with an environment variable: the
