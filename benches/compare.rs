@@ -7,8 +7,8 @@
 //! Run: `cargo bench --bench compare` (about three and a half minutes). Prints markdown
 //! tables (ready to paste into the README) and writes `target/bench/compare.json`.
 //! `JMP_BENCH_SECONDS` sets the length of each measurement (default 3),
-//! `JMP_BENCH_SUSTAINED_SECONDS` the memory phase (default 60). The Python exporter comes from the tests' virtualenv (`jmp_testkit::python`),
-//! created on first use.
+//! `JMP_BENCH_SUSTAINED_SECONDS` the memory phase (default 60). The Python exporter comes
+//! from the tests' virtualenv (`jmp_testkit::python`), created on first use.
 //!
 //! Helper processes are this same binary started again with an environment variable: the
 //! minimal server (`JMP_BENCH_MINIMAL_SERVER=ADDR`) and the fake controller + router
