@@ -222,7 +222,8 @@ async fn minimal() -> Target {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The minimal server: the least work a server on these protos can do.
+// The minimal server: the least work a server on these protos can do to put the same bytes on
+// the wire as an exporter (a UUID in every response, MockPower's two readings).
 
 const MINIMAL_UUID: &str = "00000000-0000-4000-8000-000000000001";
 
@@ -265,7 +266,7 @@ impl ExporterService for Minimal {
         _: Request<DriverCallRequest>,
     ) -> Result<Response<DriverCallResponse>, Status> {
         Ok(Response::new(DriverCallResponse {
-            uuid: String::new(),
+            uuid: MINIMAL_UUID.into(),
             result: null(),
         }))
     }
@@ -274,10 +275,22 @@ impl ExporterService for Minimal {
         &self,
         _: Request<StreamingDriverCallRequest>,
     ) -> Result<Response<Self::StreamingDriverCallStream>, Status> {
-        let items = (0..2).map(|_| {
+        // The same two readings MockPower streams, so both put the same bytes on the wire.
+        let items = [(0.0, 0.0), (5.0, 2.0)].map(|(voltage, current)| {
+            let number = |n| prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(n)),
+            };
+            let fields = [("voltage", voltage), ("current", current)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), number(v)))
+                .collect();
             Ok(StreamingDriverCallResponse {
-                uuid: String::new(),
-                result: null(),
+                uuid: MINIMAL_UUID.into(),
+                result: Some(prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                        fields,
+                    })),
+                }),
             })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
