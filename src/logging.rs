@@ -70,8 +70,12 @@ pub fn init(level: &str) {
         _ => Level::INFO,
     };
     // Only our own crates' events reach clients; library internals stay in the process log.
+    // Events only, at the session's level: a span enabled here would be built on every driver
+    // call although no client ever sees spans.
     let sessions = SessionLogLayer::new(session_level).with_filter(
-        tracing_subscriber::filter::filter_fn(|meta| meta.target().starts_with("jmp_")),
+        tracing_subscriber::filter::filter_fn(move |meta| {
+            meta.is_event() && *meta.level() <= session_level && meta.target().starts_with("jmp_")
+        }),
     );
     let output: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
         if crate::systemd::logs_to_journal() {
