@@ -257,13 +257,31 @@ async fn controller_restarts_never_need_an_exporter_restart() {
         during.iter().all(|(s, _)| *s == ExporterStatus::LeaseReady),
         "statuses during the lease: {during:?}"
     );
-    let (_, token) = c
-        .dial(&lease)
+    let mut client =
+        jmp_testkit::client::connect(c, &lease, tokio_util::sync::CancellationToken::new()).await;
+    client
+        .get_report(())
         .await
-        .expect("a client can still dial after the restarts");
-    assert!(!token.is_empty());
+        .expect("a client still reaches the exporter after the restarts");
+    drop(client);
+    let mark = c.mark();
     c.end_lease(&lease).await;
-    wait_for_report(c, ExporterStatus::Available, "Available for new lease").await;
+    let free = c
+        .wait_for_after(
+            mark,
+            |e| {
+                matches!(
+                    e,
+                    Event::ReportStatus {
+                        status: ExporterStatus::Available,
+                        ..
+                    }
+                )
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(free.is_some(), "{:#?}", &c.events()[mark..]);
     // Nothing held beyond what an idle exporter holds (the restarts came and went).
     let after = settles_back(pid, baseline, 0).await;
     assert!(
