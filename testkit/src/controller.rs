@@ -342,6 +342,48 @@ impl FakeController {
         lease
     }
 
+    /// Ends `lease` and waits until the exporter reports AVAILABLE after it; panics after 20 s,
+    /// showing what was recorded meanwhile.
+    pub async fn end_lease_and_wait_available(&self, lease: &str) {
+        let mark = self.mark();
+        self.end_lease(lease).await;
+        let free = self
+            .wait_for_after(
+                mark,
+                |e| {
+                    matches!(
+                        e,
+                        Event::ReportStatus {
+                            status: ExporterStatus::Available,
+                            ..
+                        }
+                    )
+                },
+                Duration::from_secs(20),
+            )
+            .await;
+        assert!(
+            free.is_some(),
+            "no AVAILABLE after lease {lease} ended: {:#?}",
+            &self.events()[mark..]
+        );
+    }
+
+    /// One whole lease with a client reaching the exporter through the router, so that what
+    /// an exporter keeps for reuse (its channel to the router) exists before a test counts
+    /// the exporter's file descriptors.
+    pub async fn warm_up(&self) {
+        let lease = self.create_ready_lease().await;
+        let mut client =
+            crate::client::connect(self, &lease, tokio_util::sync::CancellationToken::new()).await;
+        client
+            .get_report(())
+            .await
+            .expect("GetReport in the warm-up lease");
+        drop(client);
+        self.end_lease_and_wait_available(&lease).await;
+    }
+
     /// Creates a lease for the client on the configured exporter (as CreateLease with
     /// `exporter_name` and a 30 min duration would) and returns its id. It is assigned at once
     /// when the exporter is registered, free and AVAILABLE (or has reported nothing), otherwise

@@ -180,32 +180,7 @@ async fn controller_restarts_never_need_an_exporter_restart() {
     let pid = lab.exporter.pid();
     // A first lease with a client, so that the router channel (kept for reuse) is in the
     // baseline.
-    let warm_up = c.create_ready_lease().await;
-    let mut client =
-        jmp_testkit::client::connect(c, &warm_up, tokio_util::sync::CancellationToken::new()).await;
-    client
-        .get_report(())
-        .await
-        .expect("GetReport in the first lease");
-    drop(client);
-    let mark = c.mark();
-    c.end_lease(&warm_up).await;
-    let free = c
-        .wait_for_after(
-            mark,
-            |e| {
-                matches!(
-                    e,
-                    Event::ReportStatus {
-                        status: ExporterStatus::Available,
-                        ..
-                    }
-                )
-            },
-            Duration::from_secs(20),
-        )
-        .await;
-    assert!(free.is_some(), "{:#?}", c.events());
+    c.warm_up().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline = holdings(pid);
     let registered_before = registers(c);
@@ -264,24 +239,7 @@ async fn controller_restarts_never_need_an_exporter_restart() {
         .await
         .expect("a client still reaches the exporter after the restarts");
     drop(client);
-    let mark = c.mark();
-    c.end_lease(&lease).await;
-    let free = c
-        .wait_for_after(
-            mark,
-            |e| {
-                matches!(
-                    e,
-                    Event::ReportStatus {
-                        status: ExporterStatus::Available,
-                        ..
-                    }
-                )
-            },
-            Duration::from_secs(20),
-        )
-        .await;
-    assert!(free.is_some(), "{:#?}", &c.events()[mark..]);
+    c.end_lease_and_wait_available(&lease).await;
     // Nothing held beyond what an idle exporter holds (the restarts came and went).
     let after = settles_back(pid, baseline, 0).await;
     assert!(

@@ -344,23 +344,7 @@ async fn a_controller_answering_with_errors_delays_the_exporter_but_loses_nothin
     assert!(available.is_some(), "{:#?}", c.events());
     let pid = exporter.pid();
     // One lease first, so the router channel (kept for reuse) is in the baseline.
-    let warm_up = c.create_ready_lease().await;
-    let mut client = router_client::connect(&c, &warm_up, CancellationToken::new()).await;
-    client
-        .get_report(())
-        .await
-        .expect("GetReport in the first lease");
-    drop(client);
-    let mark = c.mark();
-    c.end_lease(&warm_up).await;
-    let free = c
-        .wait_for_after(
-            mark,
-            |e| is_report(e, ExporterStatus::Available),
-            Duration::from_secs(20),
-        )
-        .await;
-    assert!(free.is_some(), "{:#?}", &c.events()[mark..]);
+    c.warm_up().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline = holdings(pid);
 
@@ -410,16 +394,7 @@ async fn a_controller_answering_with_errors_delays_the_exporter_but_loses_nothin
         .expect("GetReport after the restart");
     drop(client);
 
-    let mark = c.mark();
-    c.end_lease(&lease).await;
-    let back = c
-        .wait_for_after(
-            mark,
-            |e| is_report(e, ExporterStatus::Available),
-            Duration::from_secs(20),
-        )
-        .await;
-    assert!(back.is_some(), "{:#?}", &c.events()[mark..]);
+    c.end_lease_and_wait_available(&lease).await;
     let after = settles_back(pid, baseline, 0).await;
     assert!(
         after.fds <= baseline.fds && after.children == 0,
