@@ -320,19 +320,7 @@ impl FakeController {
         let mark = self.mark();
         let lease = self.create_lease().await;
         let ready = self
-            .wait_for_after(
-                mark,
-                |e| {
-                    matches!(
-                        e,
-                        Event::ReportStatus {
-                            status: ExporterStatus::LeaseReady,
-                            ..
-                        }
-                    )
-                },
-                Duration::from_secs(20),
-            )
+            .wait_for_report_after(mark, ExporterStatus::LeaseReady, Duration::from_secs(20))
             .await;
         assert!(
             ready.is_some(),
@@ -342,25 +330,29 @@ impl FakeController {
         lease
     }
 
+    /// The first ReportStatus with `status` recorded after the first `mark` events, waiting up
+    /// to `timeout` for one.
+    pub async fn wait_for_report_after(
+        &self,
+        mark: usize,
+        status: ExporterStatus,
+        timeout: Duration,
+    ) -> Option<Event> {
+        self.wait_for_after(
+            mark,
+            move |e| matches!(e, Event::ReportStatus { status: s, .. } if *s == status),
+            timeout,
+        )
+        .await
+    }
+
     /// Ends `lease` and waits until the exporter reports AVAILABLE after it; panics after 20 s,
     /// showing what was recorded meanwhile.
     pub async fn end_lease_and_wait_available(&self, lease: &str) {
         let mark = self.mark();
         self.end_lease(lease).await;
         let free = self
-            .wait_for_after(
-                mark,
-                |e| {
-                    matches!(
-                        e,
-                        Event::ReportStatus {
-                            status: ExporterStatus::Available,
-                            ..
-                        }
-                    )
-                },
-                Duration::from_secs(20),
-            )
+            .wait_for_report_after(mark, ExporterStatus::Available, Duration::from_secs(20))
             .await;
         assert!(
             free.is_some(),

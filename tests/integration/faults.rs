@@ -62,18 +62,7 @@ async fn an_exporter_started_while_the_controller_is_down_registers_when_it_come
         "no Register after the controller came up"
     );
     let ok = c
-        .wait_for(
-            |e| {
-                matches!(
-                    e,
-                    Event::ReportStatus {
-                        status: ExporterStatus::Available,
-                        ..
-                    }
-                )
-            },
-            Duration::from_secs(10),
-        )
+        .wait_for_report_after(0, ExporterStatus::Available, Duration::from_secs(10))
         .await;
     assert!(ok.is_some());
 }
@@ -219,19 +208,7 @@ async fn a_killed_exporter_restarts_clean_registers_again_and_serves_its_lease()
     .await
     .unwrap();
     let ready = c
-        .wait_for_after(
-            mark,
-            |e| {
-                matches!(
-                    e,
-                    Event::ReportStatus {
-                        status: ExporterStatus::LeaseReady,
-                        ..
-                    }
-                )
-            },
-            Duration::from_secs(20),
-        )
+        .wait_for_report_after(mark, ExporterStatus::LeaseReady, Duration::from_secs(20))
         .await;
     assert!(
         ready.is_some(),
@@ -336,10 +313,7 @@ async fn a_controller_answering_with_errors_delays_the_exporter_but_loses_nothin
         .unwrap();
     assert_eq!(injected(&c, Rpc::Register), 3);
     let available = c
-        .wait_for(
-            |e| is_report(e, ExporterStatus::Available),
-            Duration::from_secs(20),
-        )
+        .wait_for_report_after(0, ExporterStatus::Available, Duration::from_secs(20))
         .await;
     assert!(available.is_some(), "{:#?}", c.events());
     let pid = exporter.pid();
