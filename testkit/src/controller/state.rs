@@ -331,7 +331,10 @@ impl Shared {
             }
         };
         self.record(Event::Injected { rpc, code });
-        Err(Status::new(code, format!("fault injected by the test into {rpc:?}")))
+        Err(Status::new(
+            code,
+            format!("fault injected by the test into {rpc:?}"),
+        ))
     }
 
     pub fn record(&self, event: Event) {
