@@ -97,48 +97,65 @@ async fn concurrent_byte_streams_through_one_exporter_are_byte_exact_and_leak_no
     let start = holdings(pid);
     let baseline = settles_back(pid, start, 0).await;
 
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..streams)
-        .map(|i| {
-            let (addr, echo) = (addr.clone(), echo.clone());
-            tokio::spawn(async move {
-                let data = noise(SIZE, i + 1);
-                let back = tokio::time::timeout(
-                    Duration::from_secs(120),
-                    echo_once(addr, echo, data.clone()),
-                )
-                .await
-                .map_err(|_| format!("stream {i} timed out"))??;
-                if back.len() != data.len() {
-                    return Err(format!(
-                        "stream {i}: {} of {} bytes",
-                        back.len(),
-                        data.len()
-                    ));
-                }
-                if back != data {
-                    return Err(format!("stream {i}: bytes differ"));
-                }
-                Ok(())
+    // Rounds of the same burst: what the first round leaves in the allocator must be reused
+    // by the next ones, not added to.
+    let rounds = if soak() { 5 } else { 2 };
+    let mut rss_after_round = Vec::new();
+    let mut elapsed = Duration::ZERO;
+    for round in 0..rounds {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..streams)
+            .map(|i| {
+                let (addr, echo) = (addr.clone(), echo.clone());
+                tokio::spawn(async move {
+                    let data = noise(SIZE, i + 1 + round * streams);
+                    let back = tokio::time::timeout(
+                        Duration::from_secs(120),
+                        echo_once(addr, echo, data.clone()),
+                    )
+                    .await
+                    .map_err(|_| format!("stream {i} timed out"))??;
+                    if back.len() != data.len() {
+                        return Err(format!(
+                            "stream {i}: {} of {} bytes",
+                            back.len(),
+                            data.len()
+                        ));
+                    }
+                    if back != data {
+                        return Err(format!("stream {i}: bytes differ"));
+                    }
+                    Ok(())
+                })
             })
-        })
-        .collect();
-    let mut errors = Vec::new();
-    for task in tasks {
-        if let Err(e) = task.await.unwrap() {
-            errors.push(e);
+            .collect();
+        let mut errors = Vec::new();
+        for task in tasks {
+            if let Err(e) = task.await.unwrap() {
+                errors.push(e);
+            }
         }
+        elapsed = started.elapsed();
+        assert!(
+            errors.is_empty(),
+            "round {round}: {} of {streams} streams failed: {errors:?}\n{}",
+            errors.len(),
+            ex.log()
+        );
+        rss_after_round.push(settles_back(pid, baseline, 0).await.rss_kib);
     }
-    let elapsed = started.elapsed();
+    eprintln!("VmRSS after each round of {streams} streams (KiB): {rss_after_round:?}");
+    let (first, last) = (
+        rss_after_round[0],
+        rss_after_round[rss_after_round.len() - 1],
+    );
     assert!(
-        errors.is_empty(),
-        "{} of {streams} streams failed: {errors:?}\n{}",
-        errors.len(),
-        ex.log()
+        last <= first + first / 10,
+        "memory grows with every round: {rss_after_round:?} KiB"
     );
     let after = settles_back(pid, baseline, 0).await;
     eprintln!(
-        "{streams} streams x {SIZE} bytes echoed in {elapsed:?}; before {baseline:?}, after {after:?}; \
+        "{streams} streams x {SIZE} bytes echoed in {elapsed:?} (last round); before {baseline:?}, after {after:?}; \
          VmRSS {} -> {} KiB",
         baseline.rss_kib, after.rss_kib
     );
