@@ -16,7 +16,8 @@
 //! or the tunnel would be charged for the load generator's work and the other way round.
 //! `JMP_BENCH_PROFILE=unary|echo` with `JMP_BENCH_ADDR` and `JMP_BENCH_COUNT` only drives a
 //! fixed amount of load at an address and exits, for running a server under callgrind or perf.
-//! `JMP_BENCH_ONLY=ours,pty,...` runs only some parts (see [`wanted`]).
+//! `JMP_BENCH_ONLY=ours,pty,...` runs only some parts (see [`wanted`]); `duel` is the
+//! head-to-head rounds of jmp-exporter and the minimal server.
 //!
 //! This is a measurement, not a test: it asserts nothing and is not part of `cargo test`.
 
@@ -47,7 +48,14 @@ use tonic::{Request, Response, Status, Streaming};
 /// The README's demo config, the one every exporter is measured with.
 const DEMO_EXPORT: &str = "export:\n  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: 'loop://'\n";
 
+/// Case length while the head-to-head rounds run (milliseconds; 0: none).
+static CASE_OVERRIDE_MS: AtomicU64 = AtomicU64::new(0);
+
 fn seconds() -> Duration {
+    let overridden = CASE_OVERRIDE_MS.load(Ordering::Relaxed);
+    if overridden > 0 {
+        return Duration::from_millis(overridden);
+    }
     let s = std::env::var("JMP_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -872,6 +880,77 @@ async fn echo(target: &Target, driver: &str, size: usize) -> Value {
     result
 }
 
+/// Rounds of the head-to-head comparison with the minimal server.
+const DUEL_ROUNDS: usize = 7;
+
+/// jmp-exporter and the minimal server measured in alternation, short cases, several rounds
+/// (which of the two goes first alternates too): on a shared two-core machine the rate of a
+/// single case swings by tens of percent, and only the median of ratios taken side by side
+/// says where we stand against the limit.
+async fn duel(ours: &Target, limit: &Target) -> Value {
+    CASE_OVERRIDE_MS.store(1000, Ordering::Relaxed);
+    let cases: [(&str, &str); 3] = [
+        ("unary DriverCall, 16 callers (calls/s)", "unary16"),
+        ("echo stream, 256 B writes (MB/s)", "echo256"),
+        ("echo stream, 32 KiB writes (MB/s)", "echo32k"),
+    ];
+    async fn rate(target: &Target, case: &str) -> f64 {
+        match case {
+            "unary16" => get(&unary(target, 16).await, "calls_per_s"),
+            "echo256" => get(&echo(target, "echo", 256).await, "mb_per_s"),
+            _ => get(&echo(target, "echo", 32 * 1024).await, "mb_per_s"),
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (label, case) in cases {
+        let mut ratios = Vec::new();
+        for round in 0..DUEL_ROUNDS {
+            let (a, b) = if round % 2 == 0 {
+                let a = rate(ours, case).await;
+                (a, rate(limit, case).await)
+            } else {
+                let b = rate(limit, case).await;
+                (rate(ours, case).await, b)
+            };
+            if b > 0.0 {
+                ratios.push(a / b);
+            }
+        }
+        ratios.sort_by(|x, y| x.total_cmp(y));
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+        out.insert(
+            label.into(),
+            json!({
+                "median_ratio": median,
+                "min_ratio": ratios.first().copied().unwrap_or(0.0),
+                "max_ratio": ratios.last().copied().unwrap_or(0.0),
+                "rounds": ratios.len(),
+            }),
+        );
+    }
+    CASE_OVERRIDE_MS.store(0, Ordering::Relaxed);
+    Value::Object(out)
+}
+
+fn print_duel(results: &Value) {
+    let Some(duel) = results["duel"].as_object() else {
+        return;
+    };
+    println!(
+        "\nHead to head with the minimal server ({DUEL_ROUNDS} rounds of 1 s cases, in alternation):\n"
+    );
+    println!("| ours/limit | median | lowest | highest | target |");
+    println!("|---|---:|---:|---:|---|");
+    for (label, v) in duel {
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2} | ≥ 0.8 |",
+            get(v, "median_ratio"),
+            get(v, "min_ratio"),
+            get(v, "max_ratio")
+        );
+    }
+}
+
 /// The cases that show what the router tunnel costs, each measured on a directly reached
 /// exporter and right after on the leased one, so that both see the same machine load.
 async fn measure_tunnel(direct: &Target, routed: &Target) -> Value {
@@ -1097,7 +1176,7 @@ fn profile_load(kind: &str) {
     });
 }
 
-/// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, minimal,
+/// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, minimal, duel,
 /// router; unset means all) asks for this part, to rerun a piece after a change.
 fn wanted(part: &str) -> bool {
     match std::env::var("JMP_BENCH_ONLY") {
@@ -1406,6 +1485,12 @@ fn main() {
             eprintln!("measuring {} ...", target.name);
             results.insert(target.name.into(), measure(&target).await);
         }
+        if wanted("duel") {
+            let ours_t = ours("jmp-exporter", DEMO_EXPORT).await;
+            let limit = minimal().await;
+            eprintln!("jmp-exporter and minimal tonic head to head ...");
+            results.insert("duel".into(), duel(&ours_t, &limit).await);
+        }
         if wanted("router") {
             let routed = ours_through_router().await;
             let direct = ours("jmp-exporter", DEMO_EXPORT).await;
@@ -1425,7 +1510,11 @@ fn main() {
         started.elapsed().as_secs_f64(),
         m["load_average_1min_at_start"].as_str().unwrap_or(""),
     );
-    print_table(&results);
+    let measured = |name: &str| results[name].as_object().is_some_and(|o| !o.is_empty());
+    if measured("jmp-exporter") || measured("python 0.9.0") || measured("minimal tonic") {
+        print_table(&results);
+    }
+    print_duel(&results);
     if results.get("tunnel").is_some() {
         print_tunnel(&results);
     }
