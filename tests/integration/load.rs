@@ -3,10 +3,11 @@
 //! (bytes echoed exactly, every lease reached LEASE_READY and then AVAILABLE) and that the
 //! exporter process holds no more file descriptors or threads afterwards than before.
 //!
-//! Soak sizes (200 streams, 10,000 leases, with VmRSS before/after printed):
+//! Soak sizes (200 streams in 5 rounds, 10,000 leases, with VmRSS printed), together with the
+//! soak-sized controller restarts:
 //!
 //! ```sh
-//! JMP_SOAK=1 cargo test --release --test integration load -- --nocapture --test-threads=1
+//! JMP_SOAK=1 cargo test --release --test integration -- load:: controller_restarts --nocapture --test-threads=1
 //! ```
 
 use std::time::{Duration, Instant};
@@ -22,11 +23,7 @@ use tonic::transport::Endpoint;
 
 use crate::support::exporter::{config, Exporter};
 use crate::support::process::{holdings, noise, settles_back};
-
-/// `JMP_SOAK=1` switches to the full sizes of the soak run.
-fn soak() -> bool {
-    std::env::var("JMP_SOAK").is_ok_and(|v| v == "1")
-}
+use crate::support::soak;
 
 /// Sends `data` through the echo driver on a connection of its own and returns what came back
 /// before GOAWAY.
