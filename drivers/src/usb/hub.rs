@@ -60,9 +60,9 @@ use super::sysfs::{self, Sysfs};
 use super::transport::{
     hub, location_of, parse_location, DeviceInfo, HubDescriptor, PowerSwitching, UsbBus, UsbError,
 };
-use super::{blocking, device_error, permission_hint, Initial};
+use super::{blocking, device_error, permission_hint, Initial, PortSwitch};
 use crate::yaml::{self, Node};
-use crate::{power, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+use crate::{Driver, DriverError, DriverSpec};
 
 /// Our own type name for this driver; stable, as lab configs will name it.
 pub const TYPE: &str = "jmp_exporter.drivers.UsbHubPort";
@@ -638,38 +638,17 @@ pub struct UsbHubPort {
     inner: Arc<HubPortInner>,
 }
 
-impl UsbHubPort {
+#[async_trait]
+impl PortSwitch for UsbHubPort {
+    const WHAT: &'static str = "a USB hub port";
+
+    fn initial(&self) -> Initial {
+        self.inner.initial
+    }
+
     async fn switch(&self, on: bool) -> Result<(), DriverError> {
         let inner = self.inner.clone();
         blocking(move || inner.switch(on)).await
-    }
-}
-
-#[async_trait]
-impl Driver for UsbHubPort {
-    fn method(&self, name: &str) -> Option<MethodKind> {
-        power::method_kind(name)
-    }
-
-    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
-        self.switch(power::switch_of(method, &args)?).await?;
-        Ok(Json::Null)
-    }
-
-    async fn streaming_call(
-        &self,
-        method: &str,
-        _args: Vec<Json>,
-    ) -> Result<ResultStream, DriverError> {
-        Err(power::no_readings(method, "a USB hub port"))
-    }
-
-    async fn reset(&self) -> Result<(), DriverError> {
-        match self.inner.initial {
-            Initial::Keep => Ok(()),
-            Initial::On => self.switch(true).await,
-            Initial::Off => self.switch(false).await,
-        }
     }
 }
 
@@ -679,6 +658,7 @@ mod tests {
     use super::super::sysfs::fake as tree;
     use super::super::transport::{ControlRequest, PowerSwitching};
     use super::*;
+    use crate::{Json, MethodKind};
 
     fn parse_src(src: &str) -> Result<HubPortInner, yaml::Error> {
         parse(&yaml::parse(src).unwrap(), "export.hub.config")

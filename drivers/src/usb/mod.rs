@@ -21,7 +21,9 @@ pub mod ykush;
 
 use serde::Deserialize;
 
-use crate::DriverError;
+use async_trait::async_trait;
+
+use crate::{power, Driver, DriverError, Json, MethodKind, ResultStream};
 use transport::{DeviceInfo, UsbError};
 
 /// The udev rules file in the jmp-exporter sources that gives the service access.
@@ -48,6 +50,45 @@ pub enum Initial {
     /// Leave the power as it is.
     #[default]
     Keep,
+}
+
+/// What a USB hub port and a YKUSH port share: a power switch without readings, put into its
+/// `Initial` state at every session start. Implementing this makes the type a [`Driver`]
+/// with the PowerClient contract.
+#[async_trait]
+pub trait PortSwitch: Send + Sync + 'static {
+    /// The kind of switch, as errors name it ("a YKUSH").
+    const WHAT: &'static str;
+    fn initial(&self) -> Initial;
+    async fn switch(&self, on: bool) -> Result<(), DriverError>;
+}
+
+#[async_trait]
+impl<T: PortSwitch> Driver for T {
+    fn method(&self, name: &str) -> Option<MethodKind> {
+        power::method_kind(name)
+    }
+
+    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
+        self.switch(power::switch_of(method, &args)?).await?;
+        Ok(Json::Null)
+    }
+
+    async fn streaming_call(
+        &self,
+        method: &str,
+        _args: Vec<Json>,
+    ) -> Result<ResultStream, DriverError> {
+        Err(power::no_readings(method, T::WHAT))
+    }
+
+    async fn reset(&self) -> Result<(), DriverError> {
+        match self.initial() {
+            Initial::Keep => Ok(()),
+            Initial::On => self.switch(true).await,
+            Initial::Off => self.switch(false).await,
+        }
+    }
 }
 
 /// `usbfs` node of a device, for messages.

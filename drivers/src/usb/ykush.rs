@@ -31,9 +31,9 @@ use super::fake::{FakeDevice, Fault};
 use super::libusb::LibusbBus;
 use super::sysfs::{self, Sysfs};
 use super::transport::{DeviceInfo, UsbBus, UsbError};
-use super::{blocking, device_error, Initial};
+use super::{blocking, device_error, Initial, PortSwitch};
 use crate::yaml::{self, Node};
-use crate::{power, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+use crate::{Driver, DriverError, DriverSpec};
 
 pub const TYPE: &str = "jumpstarter_driver_yepkit.driver.Ykush";
 
@@ -297,30 +297,15 @@ impl Ykush {
 }
 
 #[async_trait]
-impl Driver for Ykush {
-    fn method(&self, name: &str) -> Option<MethodKind> {
-        power::method_kind(name)
+impl PortSwitch for Ykush {
+    const WHAT: &'static str = "a YKUSH";
+
+    fn initial(&self) -> Initial {
+        self.inner.initial
     }
 
-    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
-        self.power(power::switch_of(method, &args)?).await?;
-        Ok(Json::Null)
-    }
-
-    async fn streaming_call(
-        &self,
-        method: &str,
-        _args: Vec<Json>,
-    ) -> Result<ResultStream, DriverError> {
-        Err(power::no_readings(method, "a YKUSH"))
-    }
-
-    async fn reset(&self) -> Result<(), DriverError> {
-        match self.inner.initial {
-            Initial::Keep => Ok(()),
-            Initial::On => self.power(true).await,
-            Initial::Off => self.power(false).await,
-        }
+    async fn switch(&self, on: bool) -> Result<(), DriverError> {
+        self.power(on).await
     }
 }
 
@@ -328,6 +313,7 @@ impl Driver for Ykush {
 mod tests {
     use super::super::fake::{FakeBus, Transfer};
     use super::*;
+    use crate::MethodKind;
 
     fn parse_src(src: &str) -> Result<YkushSpec, yaml::Error> {
         parse(&yaml::parse(src).unwrap(), "export.power.config")
