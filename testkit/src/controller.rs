@@ -150,6 +150,19 @@ pub enum Rpc {
     ReportStatus,
 }
 
+/// The ReportStatus events among `events`, as (status, message).
+pub fn reports_in(events: &[Event]) -> Vec<(ExporterStatus, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ReportStatus {
+                status, message, ..
+            } => Some((*status, message.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// One incarnation of the server (between start/restart and stop).
 struct Running {
     life: CancellationToken,
@@ -268,6 +281,11 @@ impl FakeController {
     /// Everything recorded so far, in order.
     pub fn events(&self) -> Vec<Event> {
         self.shared.events.lock().unwrap().clone()
+    }
+
+    /// Every ReportStatus recorded so far, as (status, message).
+    pub fn reports(&self) -> Vec<(ExporterStatus, String)> {
+        reports_in(&self.events())
     }
 
     /// The number of events recorded so far (a mark for [`Self::wait_for_after`]).

@@ -37,18 +37,6 @@ fn command(program: &str) -> tokio::process::Command {
     cmd
 }
 
-fn reports(ctl: &FakeController) -> Vec<(ExporterStatus, String)> {
-    ctl.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::ReportStatus {
-                status, message, ..
-            } => Some((status, message.unwrap_or_default())),
-            _ => None,
-        })
-        .collect()
-}
-
 async fn shell(client_config: &std::path::Path, target: &[&str]) -> std::process::Output {
     let mut cmd = command("jmp");
     cmd.arg("shell")
@@ -123,7 +111,7 @@ async fn upstream_exporter_and_client_work_through_the_fake() {
                 Duration::from_secs(30),
             )
             .await;
-        assert!(available_again.is_some(), "{:?}", reports(&ctl));
+        assert!(available_again.is_some(), "{:?}", &ctl.reports());
         let events = ctl.events()[mark..].to_vec();
         let position = |f: &dyn Fn(&Event) -> bool| events.iter().position(f);
         let created = position(&|e| matches!(e, Event::LeaseCreated { .. })).unwrap();
@@ -159,6 +147,6 @@ async fn upstream_exporter_and_client_work_through_the_fake() {
             Duration::from_secs(5),
         )
         .await;
-    assert!(unregistered.is_some(), "{:?}", reports(&ctl));
+    assert!(unregistered.is_some(), "{:?}", &ctl.reports());
     let _ = std::fs::remove_dir_all(&dir);
 }

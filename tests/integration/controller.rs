@@ -39,18 +39,6 @@ async fn lab(options: Options) -> Lab {
     }
 }
 
-fn reported(events: &[Event]) -> Vec<(ExporterStatus, String)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::ReportStatus {
-                status, message, ..
-            } => Some((*status, message.clone().unwrap_or_default())),
-            _ => None,
-        })
-        .collect()
-}
-
 async fn wait_for_report(controller: &FakeController, status: ExporterStatus, message: &str) {
     let found = controller
         .wait_for(
@@ -61,7 +49,7 @@ async fn wait_for_report(controller: &FakeController, status: ExporterStatus, me
     assert!(
         found.is_some(),
         "no ReportStatus({status:?}, {message:?}); saw {:?}",
-        reported(&controller.events())
+        controller.reports()
     );
 }
 
@@ -227,7 +215,7 @@ async fn controller_restarts_never_need_an_exporter_restart() {
             &c.events()[mark..]
         );
     }
-    let during: Vec<_> = reported(&c.events()[before..]);
+    let during: Vec<_> = jmp_testkit::controller::reports_in(&c.events()[before..]);
     assert!(
         during.iter().all(|(s, _)| *s == ExporterStatus::LeaseReady),
         "statuses during the lease: {during:?}"

@@ -85,17 +85,7 @@ fn client(host: &str, scenario: &str, args: &[&str]) -> Value {
 }
 
 fn result(scenario: &str, out: std::process::Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "gpio_client.py {scenario} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().last().unwrap_or_default();
-    let value: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad output {line:?}: {e}"));
-    assert_eq!(value["scenario"], scenario);
-    value["result"].clone()
+    python::scenario_result("gpio_client.py", scenario, out)
 }
 
 /// Starts a scenario and leaves it running.

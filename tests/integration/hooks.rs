@@ -37,24 +37,12 @@ async fn start(controller: &FakeController, hooks: &str, dir: &Path) -> Exporter
     .unwrap()
 }
 
-fn reports(c: &FakeController) -> Vec<(ExporterStatus, String)> {
-    c.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::ReportStatus {
-                status, message, ..
-            } => Some((status, message.unwrap_or_default())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Waits until the controller has seen exactly this sequence of reports after the
 /// registration, or fails showing what it saw.
 async fn expect_reports(c: &FakeController, want: &[(ExporterStatus, &str)]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let seen: Vec<(ExporterStatus, String)> = reports(c).into_iter().skip(1).collect();
+        let seen: Vec<(ExporterStatus, String)> = c.reports().into_iter().skip(1).collect();
         let seen_ref: Vec<(ExporterStatus, &str)> =
             seen.iter().map(|(s, m)| (*s, m.as_str())).collect();
         if seen_ref == want {

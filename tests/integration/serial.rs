@@ -97,16 +97,7 @@ fn script_command(host: &str, args: &[&str]) -> Command {
 /// Runs a scenario of `tests/python/serial_client.py` and returns its result.
 fn script(host: &str, args: &[&str]) -> Value {
     let out = python::output_with_timeout(script_command(host, args), 180);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "serial_client.py {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"));
-    assert_eq!(last["scenario"], args[0]);
-    last["result"].clone()
+    python::scenario_result("serial_client.py", args[0], out)
 }
 
 /// A scenario that stops at `{"wait": ...}` lines until the test says `go`.

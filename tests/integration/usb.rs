@@ -29,18 +29,11 @@ fn client(host: &str, scenario: &str, names: &[&str]) -> Value {
         .arg(scenario)
         .args(names)
         .env("JUMPSTARTER_HOST", host);
-    let out = python::output_with_timeout(cmd, 120);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "usb_client.py {scenario} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().last().unwrap_or_default();
-    let value: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad output {line:?}: {e}"));
-    assert_eq!(value["scenario"], scenario);
-    value["result"].clone()
+    python::scenario_result(
+        "usb_client.py",
+        scenario,
+        python::output_with_timeout(cmd, 120),
+    )
 }
 
 /// `j ARGS...` against `host`.

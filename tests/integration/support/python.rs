@@ -37,11 +37,16 @@ pub fn drive(host: &str, scenario: &str, envs: &[(&str, &str)]) -> serde_json::V
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = output_with_timeout(cmd, 120);
+    scenario_result("drive.py", scenario, output_with_timeout(cmd, 120))
+}
+
+/// The result of a finished scenario of one of the `tests/python` scripts (`script` names it
+/// in failures): the script succeeded and its last line is `{"scenario": ..., "result": ...}`.
+pub fn scenario_result(script: &str, scenario: &str, out: Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "scenario {scenario} failed:\n{stdout}\n{}",
+        "{script} {scenario} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let line = stdout.lines().last().unwrap_or_default();
