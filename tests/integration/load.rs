@@ -212,13 +212,9 @@ fn diagnose((c, ex, mark, i): (&FakeController, &Exporter, usize, usize), what: 
 async fn lease_cycle(c: &FakeController, ex: &Exporter, i: usize) {
     let mark = c.mark();
     let lease = c.create_lease().await;
-    c.wait_for_after(
-        mark,
-        |e| is_status(e, ExporterStatus::LeaseReady),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap_or_else(|| panic!("lease {i}: no LEASE_READY: {:#?}", &c.events()[mark..]));
+    c.wait_for_report_after(mark, ExporterStatus::LeaseReady, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("lease {i}: no LEASE_READY: {:#?}", &c.events()[mark..]));
 
     let gone = CancellationToken::new();
     let mut client = step(
@@ -247,18 +243,28 @@ async fn lease_cycle(c: &FakeController, ex: &Exporter, i: usize) {
 
     let mark = c.mark();
     c.end_lease(&lease).await;
-    c.wait_for_after(
-        mark,
-        |e| is_status(e, ExporterStatus::Available),
-        Duration::from_secs(20),
-    )
+    c.wait_for_report_after(mark, ExporterStatus::Available, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "lease {i}: no AVAILABLE after it ended: {:#?}",
+                &c.events()[mark..]
+            )
+        });
+}
+
+/// An exporter registered with `c`, logging our crates at debug level for the diagnostics of
+/// a failed call; the directory holds its config.
+async fn registered_exporter(c: &FakeController) -> (Exporter, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exporter.yaml");
+    std::fs::write(&path, c.exporter_config_yaml(EXPORT)).unwrap();
+    let exporter = tokio::task::spawn_blocking(move || {
+        Exporter::controller_with_env(&path, &[("JMP_EXPORTER_LOG", "warn,jmp_exporter=debug")])
+    })
     .await
-    .unwrap_or_else(|| {
-        panic!(
-            "lease {i}: no AVAILABLE after it ended: {:#?}",
-            &c.events()[mark..]
-        )
-    });
+    .unwrap();
+    (exporter, dir)
 }
 
 /// Threads the exporter may hold above its baseline once a run settles: tokio's blocking pool
@@ -271,21 +277,11 @@ const THREAD_SLACK: usize = 4;
 async fn lease_cycles_through_controller_and_router_leak_nothing() {
     let cycles = if soak() { 10_000 } else { 100 };
     let c = FakeController::start(Options::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("exporter.yaml");
-    std::fs::write(&path, c.exporter_config_yaml(EXPORT)).unwrap();
-    let exporter = tokio::task::spawn_blocking(move || {
-        Exporter::controller_with_env(&path, &[("JMP_EXPORTER_LOG", "warn,jmp_exporter=debug")])
-    })
-    .await
-    .unwrap();
+    let (exporter, _dir) = registered_exporter(&c).await;
     let pid = exporter.pid();
-    c.wait_for(
-        |e| is_status(e, ExporterStatus::Available),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("AVAILABLE after Register");
+    c.wait_for_report_after(0, ExporterStatus::Available, Duration::from_secs(20))
+        .await
+        .expect("AVAILABLE after Register");
     // One warm-up lease creates whatever the runtime makes lazily, then the baseline.
     lease_cycle(&c, &exporter, 0).await;
     let baseline = holdings(pid);
@@ -338,14 +334,7 @@ async fn connections_dialled_back_to_back_all_get_through_the_router() {
     const WAVES: usize = 10;
     const AT_ONCE: usize = 8;
     let c = FakeController::start(Options::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("exporter.yaml");
-    std::fs::write(&path, c.exporter_config_yaml(EXPORT)).unwrap();
-    let exporter = tokio::task::spawn_blocking(move || {
-        Exporter::controller_with_env(&path, &[("JMP_EXPORTER_LOG", "warn,jmp_exporter=debug")])
-    })
-    .await
-    .unwrap();
+    let (exporter, _dir) = registered_exporter(&c).await;
     let lease = c.create_ready_lease().await;
     for wave in 0..WAVES {
         let mark = c.mark();
