@@ -9,9 +9,9 @@ use jmp_exporter::proto::jumpstarter::client::v1 as client;
 use jmp_exporter::proto::jumpstarter::client::v1::client_service_client::ClientServiceClient;
 use jmp_exporter::proto::router_service_client::RouterServiceClient;
 use jmp_exporter::proto::{
-    DialRequest, ExporterStatus, FrameType, ListenRequest, RegisterRequest, ReleaseLeaseRequest,
-    ReportStatusRequest, StatusRequest, StatusResponse, StreamRequest, StreamResponse,
-    UnregisterRequest,
+    DialRequest, ExporterStatus, FrameType, ListenRequest, ListenResponse, RegisterRequest,
+    ReleaseLeaseRequest, ReportStatusRequest, StatusRequest, StatusResponse, StreamRequest,
+    StreamResponse, UnregisterRequest,
 };
 use jmp_testkit::{Event, FakeController, Options, PausableProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,6 +74,23 @@ fn as_client<T>(ctl: &FakeController, msg: T) -> Request<T> {
         &o.namespace,
         &o.client_name,
     )
+}
+
+/// The exporter's Listen for `lease`, running in its own task (its headers come only with the
+/// first token).
+fn spawn_listen(
+    ctl: &FakeController,
+    exporter: &ControllerServiceClient<Channel>,
+    lease: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<Streaming<ListenResponse>>, tonic::Status>> {
+    let mut exporter = exporter.clone();
+    let req = as_exporter(
+        ctl,
+        ListenRequest {
+            lease_name: lease.to_string(),
+        },
+    );
+    tokio::spawn(async move { exporter.listen(req).await })
 }
 
 async fn register(ctl: &FakeController, exporter: &mut ControllerServiceClient<Channel>) {
@@ -198,18 +215,7 @@ async fn listen_waits_for_a_dial_that_waits_for_lease_ready() {
     report(&ctl, &mut exporter, ExporterStatus::Available).await;
     let lease = ctl.create_lease().await;
 
-    let listen = tokio::spawn({
-        let (mut exporter, req) = (
-            exporter.clone(),
-            as_exporter(
-                &ctl,
-                ListenRequest {
-                    lease_name: lease.clone(),
-                },
-            ),
-        );
-        async move { exporter.listen(req).await }
-    });
+    let listen = spawn_listen(&ctl, &exporter, &lease);
     ctl.wait_for(|e| matches!(e, Event::ListenOpened { .. }), WAIT)
         .await
         .expect("listen reached the fake");
@@ -394,18 +400,7 @@ async fn the_router_pairs_two_calls_by_the_dial_token() {
     register(&ctl, &mut exporter).await;
     let lease = ctl.create_lease().await;
     report(&ctl, &mut exporter, ExporterStatus::LeaseReady).await;
-    let listen = tokio::spawn({
-        let (mut exporter, req) = (
-            exporter.clone(),
-            as_exporter(
-                &ctl,
-                ListenRequest {
-                    lease_name: lease.clone(),
-                },
-            ),
-        );
-        async move { exporter.listen(req).await }
-    });
+    let listen = spawn_listen(&ctl, &exporter, &lease);
     ctl.wait_for(|e| matches!(e, Event::ListenOpened { .. }), WAIT)
         .await
         .unwrap();
@@ -514,18 +509,7 @@ async fn a_router_call_that_goes_away_does_not_hold_its_peer() {
     register(&ctl, &mut exporter).await;
     let lease = ctl.create_lease().await;
     report(&ctl, &mut exporter, ExporterStatus::LeaseReady).await;
-    let listen = tokio::spawn({
-        let (mut exporter, req) = (
-            exporter.clone(),
-            as_exporter(
-                &ctl,
-                ListenRequest {
-                    lease_name: lease.clone(),
-                },
-            ),
-        );
-        async move { exporter.listen(req).await }
-    });
+    let listen = spawn_listen(&ctl, &exporter, &lease);
     ctl.wait_for(|e| matches!(e, Event::ListenOpened { .. }), WAIT)
         .await
         .unwrap();
@@ -594,18 +578,7 @@ async fn restart_keeps_state_and_port() {
     assert!(again.leased);
     assert_eq!(again.lease_name.as_deref(), Some(lease.as_str()));
     // The lease and the last reported status survived: a Listen and a Dial work at once.
-    let listen = tokio::spawn({
-        let (mut exporter, req) = (
-            exporter.clone(),
-            as_exporter(
-                &ctl,
-                ListenRequest {
-                    lease_name: lease.clone(),
-                },
-            ),
-        );
-        async move { exporter.listen(req).await }
-    });
+    let listen = spawn_listen(&ctl, &exporter, &lease);
     let mark = ctl.mark();
     ctl.wait_for_after(mark, |e| matches!(e, Event::ListenOpened { .. }), WAIT)
         .await
