@@ -228,22 +228,24 @@ pub fn input(node: &Node, path: &str) -> Result<LineSpec, yaml::Error> {
 }
 
 pub fn output(node: &Node, path: &str) -> Result<LineSpec, yaml::Error> {
-    let k: OutputKeys = yaml::from_node(node, path)?;
-    let role = Role::Output {
-        initial: k.initial_value.is_some_and(|v| v.0),
-    };
-    let shared = Shared {
+    output_spec(node, path, yaml::from_node(node, path)?)
+}
+
+/// A power switch is an output whose config may also carry upstream's unused `mode`.
+pub fn power_switch(node: &Node, path: &str) -> Result<LineSpec, yaml::Error> {
+    let k: PowerSwitchKeys = yaml::from_node(node, path)?;
+    let keys = OutputKeys {
         line: k.line,
         device: k.device,
         active_low: k.active_low,
         bias: k.bias,
-        drive: drive(k.drive),
+        drive: k.drive,
+        initial_value: k.initial_value,
     };
-    common(node, path, shared, role)
+    output_spec(node, path, keys)
 }
 
-pub fn power_switch(node: &Node, path: &str) -> Result<LineSpec, yaml::Error> {
-    let k: PowerSwitchKeys = yaml::from_node(node, path)?;
+fn output_spec(node: &Node, path: &str, k: OutputKeys) -> Result<LineSpec, yaml::Error> {
     let role = Role::Output {
         initial: k.initial_value.is_some_and(|v| v.0),
     };
