@@ -674,20 +674,6 @@ where
     echo(&target, "serial", 4096).await
 }
 
-async fn uuid_of(channel: &Channel, name: &str) -> String {
-    let report = ExporterServiceClient::new(channel.clone())
-        .get_report(())
-        .await
-        .unwrap()
-        .into_inner();
-    report
-        .reports
-        .iter()
-        .find(|r| r.labels.get("jumpstarter.dev/name").map(String::as_str) == Some(name))
-        .map(|r| r.uuid.clone())
-        .unwrap_or_else(|| panic!("no driver named {name}"))
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -698,7 +684,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Unary DriverCall `power.on` from `callers` concurrent callers.
 async fn unary(target: &Target, callers: usize) -> Value {
     let chans = channels(target, callers.min(16)).await;
-    let power = uuid_of(&chans[0], "power").await;
+    let power = jmp_testkit::client::driver_uuid(&chans[0], "power").await;
     let pid = target.child.id();
     let cpu0 = tree_cpu(pid);
     let begin = Instant::now();
@@ -745,7 +731,7 @@ async fn unary(target: &Target, callers: usize) -> Value {
 /// StreamingDriverCall `power.read` (two results each) from 16 callers.
 async fn streaming(target: &Target) -> Value {
     let chans = channels(target, 16).await;
-    let power = uuid_of(&chans[0], "power").await;
+    let power = jmp_testkit::client::driver_uuid(&chans[0], "power").await;
     let begin = Instant::now();
     let deadline = begin + seconds();
     let messages = Arc::new(AtomicU64::new(0));
@@ -808,7 +794,7 @@ async fn open_stream(
 /// Echo throughput with `size`-byte writes through `driver`, and stream open → first byte.
 async fn echo(target: &Target, driver: &str, size: usize) -> Value {
     let chans = channels(target, 1).await;
-    let uuid = uuid_of(&chans[0], driver).await;
+    let uuid = jmp_testkit::client::driver_uuid(&chans[0], driver).await;
     let pid = target.child.id();
 
     let mut first = Vec::new();
@@ -998,8 +984,8 @@ async fn sustained(target: &Target) -> Value {
     let total = sustained_seconds();
     let every = Duration::from_secs(5).min(total);
     let chans = channels(target, 12).await;
-    let power = uuid_of(&chans[0], "power").await;
-    let echo_uuid = uuid_of(&chans[0], "echo").await;
+    let power = jmp_testkit::client::driver_uuid(&chans[0], "power").await;
+    let echo_uuid = jmp_testkit::client::driver_uuid(&chans[0], "echo").await;
     let pid = target.child.id();
     let begin = Instant::now();
     let deadline = begin + total;
@@ -1123,7 +1109,7 @@ fn profile_load(kind: &str) {
         let begin = Instant::now();
         match kind {
             "unary" => {
-                let uuid = uuid_of(&chans[0], "power").await;
+                let uuid = jmp_testkit::client::driver_uuid(&chans[0], "power").await;
                 let left = Arc::new(AtomicU64::new(count));
                 let mut tasks = Vec::new();
                 for channel in chans {
@@ -1152,7 +1138,7 @@ fn profile_load(kind: &str) {
             "echo" => {
                 // COUNT writes of 4 KiB through one byte stream of `JMP_BENCH_DRIVER` (echo).
                 let driver = std::env::var("JMP_BENCH_DRIVER").unwrap_or_else(|_| "echo".into());
-                let uuid = uuid_of(&chans[0], &driver).await;
+                let uuid = jmp_testkit::client::driver_uuid(&chans[0], &driver).await;
                 let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
                 let chunk = Bytes::from(vec![0x5au8; 4096]);
                 let writer = tokio::spawn(async move {

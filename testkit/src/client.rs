@@ -8,6 +8,7 @@ use crate::FakeController;
 use jmp_exporter::config::TlsConfig;
 use jmp_exporter::controller::{self, ChannelOptions};
 use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
+use jmp_exporter::proto::GetReportResponse;
 use jmp_exporter::tunnel;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -72,4 +73,25 @@ pub async fn connect(
     stop: CancellationToken,
 ) -> ExporterServiceClient<Channel> {
     ExporterServiceClient::new(channel(c, lease, stop).await)
+}
+
+/// The UUID of the driver named `name` (its `jumpstarter.dev/name` label) in a GetReport
+/// answer; panics naming it when there is none.
+pub fn uuid_in(report: &GetReportResponse, name: &str) -> String {
+    report
+        .reports
+        .iter()
+        .find(|r| r.labels.get("jumpstarter.dev/name").map(String::as_str) == Some(name))
+        .map(|r| r.uuid.clone())
+        .unwrap_or_else(|| panic!("no driver named {name}"))
+}
+
+/// Asks GetReport over `channel` and returns the UUID of the driver named `name`.
+pub async fn driver_uuid(channel: &Channel, name: &str) -> String {
+    let report = ExporterServiceClient::new(channel.clone())
+        .get_report(())
+        .await
+        .expect("GetReport")
+        .into_inner();
+    uuid_in(&report, name)
 }

@@ -122,13 +122,7 @@ async fn still_serves(ex: &Exporter) {
 
 async fn uuid_of(client: &mut ExporterServiceClient<Channel>, name: &str) -> String {
     let report = client.get_report(()).await.unwrap().into_inner();
-    report
-        .reports
-        .iter()
-        .find(|r| r.labels.get("jumpstarter.dev/name").map(String::as_str) == Some(name))
-        .unwrap_or_else(|| panic!("no driver {name}"))
-        .uuid
-        .clone()
+    jmp_testkit::client::uuid_in(&report, name)
 }
 
 fn fds(pid: u32) -> usize {

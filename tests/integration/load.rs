@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use jmp_exporter::frame;
-use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_exporter::proto::router_service_client::RouterServiceClient;
 use jmp_exporter::proto::{DriverCallRequest, ExporterStatus, FrameType};
 use jmp_testkit::{Event, FakeController, Options};
@@ -77,18 +76,7 @@ async fn concurrent_byte_streams_through_one_exporter_are_byte_exact_and_leak_no
             .connect()
             .await
             .unwrap();
-        let report = ExporterServiceClient::new(channel)
-            .get_report(())
-            .await
-            .unwrap()
-            .into_inner();
-        report
-            .reports
-            .iter()
-            .find(|r| r.labels.get("jumpstarter.dev/name").map(String::as_str) == Some("echo"))
-            .unwrap()
-            .uuid
-            .clone()
+        jmp_testkit::client::driver_uuid(&channel, "echo").await
     };
     // Baseline once the probing connection above is gone.
     let start = holdings(pid);
@@ -225,13 +213,7 @@ async fn lease_cycle(c: &FakeController, ex: &Exporter, i: usize) {
     .await;
     let report = call((c, ex, mark, i), "GetReport", client.get_report(())).await;
     assert_eq!(report.reports.len(), 2, "lease {i}: root and power");
-    let power = report
-        .reports
-        .iter()
-        .find(|r| r.labels.get("jumpstarter.dev/name").map(String::as_str) == Some("power"))
-        .unwrap()
-        .uuid
-        .clone();
+    let power = jmp_testkit::client::uuid_in(&report, "power");
     let on = DriverCallRequest {
         uuid: power,
         method: "on".into(),

@@ -49,15 +49,7 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
 
     let mut exporter_client = ExporterServiceClient::new(channel.clone());
     let report = exporter_client.get_report(()).await.unwrap().into_inner();
-    let uuid_of = |name: &str| {
-        report
-            .reports
-            .iter()
-            .find(|r| r.labels.get("jumpstarter.dev/name").map(String::as_str) == Some(name))
-            .unwrap()
-            .uuid
-            .clone()
-    };
+    let uuid_of = |name: &str| jmp_testkit::client::uuid_in(&report, name);
     exporter_client
         .driver_call(DriverCallRequest {
             uuid: uuid_of("power"),
