@@ -57,7 +57,7 @@ use self::chip::EdgeKind;
 use self::config::LineSpec;
 use self::line::Claim;
 use crate::yaml::{self, Node};
-use crate::{args, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
+use crate::{args, power, Driver, DriverError, DriverSpec, Json, MethodKind, ResultStream};
 
 pub use self::line::CONSUMER;
 pub use self::list::list_chips;
@@ -331,10 +331,7 @@ impl Driver for GpioLine {
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
         match method {
-            "on" | "off" => {
-                args::expect_count(method, &args, 0)?;
-                self.set(method, method == "on")
-            }
+            "on" | "off" => self.set(method, power::switch_of(method, &args)?),
             "read_pin" => {
                 args::expect_count(method, &args, 0)?;
                 Ok(json!(u8::from(self.claim()?.value()?)))
@@ -380,9 +377,7 @@ impl Driver for GpioLine {
         method: &str,
         _args: Vec<Json>,
     ) -> Result<ResultStream, DriverError> {
-        Err(DriverError::NotImplemented(format!(
-            "{method}: a GPIO power switch has no power readings"
-        )))
+        Err(power::no_readings(method, "a GPIO power switch"))
     }
 
     async fn reset(&self) -> Result<(), DriverError> {
