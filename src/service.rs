@@ -286,13 +286,32 @@ async fn client_to_device(
     result
 }
 
-/// Aborts the inbound pump when the response stream is dropped (the client went away).
+/// How long the inbound pump may go on after the client went away: bytes it had already sent
+/// (at most an HTTP/2 window) still reach the device, as when `j serial pipe --no-output`
+/// exits right after its last write; a device that takes none of them cannot hold the pump.
+const DRAIN_AFTER_CLIENT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the inbound pump when the response stream is dropped (the client went away), once it
+/// has written what it had received or after [`DRAIN_AFTER_CLIENT`].
 struct AbortOnDrop(Option<JoinHandle<Result<(), Status>>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
+        let Some(mut handle) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if tokio::time::timeout(DRAIN_AFTER_CLIENT, &mut handle)
+                        .await
+                        .is_err()
+                    {
+                        handle.abort();
+                    }
+                });
+            }
+            Err(_) => handle.abort(),
         }
     }
 }
