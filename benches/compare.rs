@@ -489,13 +489,9 @@ async fn tunnel_channel(router: &RouterAccess) -> Channel {
         }
     };
     let channel = controller::channel(&dialled.router_endpoint, tls, &options).unwrap();
-    let (ours, theirs) = tokio::io::duplex(256 * 1024);
-    let token = dialled.router_token;
-    tokio::spawn(async move {
-        let stop = tokio_util::sync::CancellationToken::new();
-        jmp_exporter::tunnel::bridge(channel, &token, theirs, stop).await
-    });
-    jmp_testkit::client::channel_over(ours).await
+    let (tunnel, _ended) = jmp_exporter::tunnel::Tunnel::open(channel, &dialled.router_token)
+        .expect("open the tunnel");
+    jmp_testkit::client::channel_over(tunnel).await
 }
 
 /// The fake controller and router, serving from this process until the parent closes our

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 /// A gRPC channel whose one and only connection is `io`.
-pub async fn channel_over(io: tokio::io::DuplexStream) -> Channel {
+pub async fn channel_over<IO>(io: IO) -> Channel
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let io = std::sync::Mutex::new(Some(io));
     Endpoint::from_static("http://client.invalid")
         .connect_with_connector(tower::service_fn(move |_| {

@@ -157,4 +157,48 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
     running.host.end().await;
 }
 
+/// A token the router does not know: the session server gets end of stream at once, and the
+/// exporter's end of the tunnel returns the router's refusal, to be logged.
+#[tokio::test]
+async fn a_refused_tunnel_ends_with_the_routers_reason() {
+    let loaded = config::load(&exporter::config("demo.yaml")).unwrap();
+    let none = Listeners {
+        socket: None,
+        tcp: None,
+        tls: None,
+        passphrase: None,
+    };
+    let running = standalone::start(&loaded.config, none).await.unwrap();
+    let stop = running.host.stop.clone();
+    let controller = jmp_testkit::FakeController::start(jmp_testkit::Options::default()).await;
+    let tls = jmp_exporter::controller::client_tls(&config::TlsConfig {
+        ca: controller.ca_base64(),
+        insecure: false,
+    })
+    .unwrap();
+    let router = jmp_exporter::controller::channel(
+        &controller.endpoint(),
+        tls,
+        &jmp_exporter::controller::ChannelOptions::default(),
+    )
+    .unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        tunnel::run(router, "never-issued", &running.host.conns, stop.clone()),
+    )
+    .await
+    .expect("a refused tunnel did not end");
+    match ended {
+        Err(tunnel::TunnelError::Refused(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}")
+        }
+        other => panic!("expected the router's refusal, got {other:?}"),
+    }
+    assert!(
+        !stop.is_cancelled(),
+        "one refused tunnel must not end the session"
+    );
+    running.host.end().await;
+}
+
 use futures::StreamExt as _;
