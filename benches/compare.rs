@@ -682,6 +682,7 @@ async fn unary(target: &Target, callers: usize) -> Value {
     let chans = channels(target, callers.min(16)).await;
     let power = jmp_testkit::client::driver_uuid(&chans[0], "power").await;
     let pid = target.child.id();
+    let others0 = OthersCpu::now(target);
     let cpu0 = tree_cpu(pid);
     let begin = Instant::now();
     let deadline = begin + seconds();
@@ -716,12 +717,41 @@ async fn unary(target: &Target, callers: usize) -> Value {
     let cpu = tree_cpu(pid).saturating_sub(cpu0);
     all.sort();
     let calls = all.len() as f64;
-    json!({
+    let per_call = |cpu: f64| if calls > 0.0 { cpu * 1e6 / calls } else { 0.0 };
+    let mut result = json!({
         "calls_per_s": calls / elapsed.as_secs_f64(),
         "p50_us": percentile(&all, 0.5).as_micros() as u64,
         "p99_us": percentile(&all, 0.99).as_micros() as u64,
-        "cpu_us_per_call": if calls > 0.0 { cpu.as_micros() as f64 / calls } else { 0.0 },
-    })
+        "cpu_us_per_call": per_call(cpu.as_secs_f64()),
+    });
+    others0.add_to(&mut result, target, "_cpu_us_per_call", per_call);
+    result
+}
+
+/// CPU of the processes beside the measured server: the load generator (this process, which
+/// also runs the client's end of a router tunnel) and the fake router when there is one.
+struct OthersCpu {
+    load_generator: Duration,
+    router: Option<Duration>,
+}
+
+impl OthersCpu {
+    fn now(target: &Target) -> OthersCpu {
+        OthersCpu {
+            load_generator: cpu_time(std::process::id()),
+            router: target.helper.as_ref().map(|h| tree_cpu(h.id())),
+        }
+    }
+
+    /// Adds `load_generator<suffix>` and `router<suffix>`: the CPU since `self`, scaled by `per`.
+    fn add_to(&self, result: &mut Value, target: &Target, suffix: &str, per: impl Fn(f64) -> f64) {
+        let spent = cpu_time(std::process::id()).saturating_sub(self.load_generator);
+        result[format!("load_generator{suffix}")] = json!(per(spent.as_secs_f64()));
+        if let (Some(helper), Some(before)) = (target.helper.as_ref(), self.router) {
+            let spent = tree_cpu(helper.id()).saturating_sub(before);
+            result[format!("router{suffix}")] = json!(per(spent.as_secs_f64()));
+        }
+    }
 }
 
 /// StreamingDriverCall `power.read` (two results each) from 16 callers.
@@ -812,8 +842,7 @@ async fn echo(target: &Target, driver: &str, size: usize) -> Value {
 
     let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
     let payload = Bytes::from(vec![0x5au8; size]);
-    let helper = target.helper.as_ref().map(Child::id);
-    let helper_cpu0 = helper.map(tree_cpu);
+    let others0 = OthersCpu::now(target);
     let cpu0 = tree_cpu(pid);
     let begin = Instant::now();
     let deadline = begin + seconds();
@@ -855,10 +884,7 @@ async fn echo(target: &Target, driver: &str, size: usize) -> Value {
         "cpu_s_per_gb": per_gb(cpu),
         "first_byte_p50_us": percentile(&first, 0.5).as_micros() as u64,
     });
-    if let (Some(pid), Some(cpu0)) = (helper, helper_cpu0) {
-        let cpu = tree_cpu(pid).saturating_sub(cpu0).as_secs_f64();
-        result["router_cpu_s_per_gb"] = json!(per_gb(cpu));
-    }
+    others0.add_to(&mut result, target, "_cpu_s_per_gb", per_gb);
     result
 }
 
@@ -1361,18 +1387,47 @@ fn print_tunnel(results: &Value) {
             (1.0 - b / a) * 100.0
         );
     }
-    // Throughput counts every process on the two cores; CPU per byte shows what the tunnel
-    // costs the exporter itself, and what the (fake) router spends beside it.
-    println!("\n| CPU per GB echoed, 32 KiB writes (s/GB) | direct | via router |");
-    println!("|---|---:|---:|");
+    // Throughput counts every process on the two cores; CPU per call and per byte show what
+    // the tunnel costs each of them, the exporter included.
     println!(
-        "| jmp-exporter | {} | {} |",
-        show(get(direct, "echo_32768.cpu_s_per_gb")),
-        show(get(routed, "echo_32768.cpu_s_per_gb"))
+        "\n| CPU spent, all on the same two cores | unary, 16 callers (µs per call): direct | via router | echo, 32 KiB writes (s per GB): direct | via router |"
     );
+    println!("|---|---:|---:|---:|---:|");
+    let rows = [
+        ("jmp-exporter", "cpu"),
+        ("fake router (its own process)", "router_cpu"),
+        (
+            "load generator, with the client's end of the tunnel",
+            "load_generator_cpu",
+        ),
+    ];
+    let mut totals = [0.0; 4];
+    for (label, prefix) in rows {
+        let cells = [
+            get(direct, &format!("unary_16.{prefix}_us_per_call")),
+            get(routed, &format!("unary_16.{prefix}_us_per_call")),
+            get(direct, &format!("echo_32768.{prefix}_s_per_gb")),
+            get(routed, &format!("echo_32768.{prefix}_s_per_gb")),
+        ];
+        // A process that was not there (no router when reached directly) spent nothing.
+        let cells = cells.map(|c| if c.is_nan() { 0.0 } else { c });
+        for (t, c) in totals.iter_mut().zip(cells) {
+            *t += c;
+        }
+        let shown: Vec<String> = cells
+            .iter()
+            .map(|&c| if c > 0.0 { show(c) } else { String::new() })
+            .collect();
+        println!("| {label} | {} |", shown.join(" | "));
+    }
+    let shown: Vec<String> = totals.iter().map(|&t| show(t)).collect();
+    println!("| all three | {} |", shown.join(" | "));
+    let exporter_ratio = |key: &str| ratio(get(routed, key), get(direct, key));
     println!(
-        "| fake router (its own process) | | {} |",
-        show(get(routed, "echo_32768.router_cpu_s_per_gb"))
+        "\nThe exporter's own CPU through the router, against direct: {}× per unary call, {}× per GB \
+         echoed at 32 KiB writes (what limits it where the router and the clients run on other hosts).",
+        exporter_ratio("unary_16.cpu_us_per_call"),
+        exporter_ratio("echo_32768.cpu_s_per_gb"),
     );
 }
 
