@@ -18,14 +18,7 @@ use jmp_testkit::router;
 
 #[tokio::test]
 async fn a_client_connection_through_the_router_reaches_the_session() {
-    let loaded = config::load(&exporter::config("demo.yaml")).unwrap();
-    let none = Listeners {
-        socket: None,
-        tcp: None,
-        tls: None,
-        passphrase: None,
-    };
-    let running = standalone::start(&loaded.config, none).await.unwrap();
+    let running = session_without_listeners().await;
     let stop = running.host.stop.clone();
     let router_addr = router::start().await;
     let router = Endpoint::from_shared(format!("http://{router_addr}"))
@@ -161,14 +154,7 @@ async fn a_client_connection_through_the_router_reaches_the_session() {
 /// exporter's end of the tunnel returns the router's refusal, to be logged.
 #[tokio::test]
 async fn a_refused_tunnel_ends_with_the_routers_reason() {
-    let loaded = config::load(&exporter::config("demo.yaml")).unwrap();
-    let none = Listeners {
-        socket: None,
-        tcp: None,
-        tls: None,
-        passphrase: None,
-    };
-    let running = standalone::start(&loaded.config, none).await.unwrap();
+    let running = session_without_listeners().await;
     let stop = running.host.stop.clone();
     let controller = jmp_testkit::FakeController::start(jmp_testkit::Options::default()).await;
     let tls = jmp_exporter::controller::client_tls(&config::TlsConfig {
@@ -202,3 +188,15 @@ async fn a_refused_tunnel_ends_with_the_routers_reason() {
 }
 
 use futures::StreamExt as _;
+
+/// A demo-config session that only tunnels feed: no socket, no TCP listener.
+async fn session_without_listeners() -> standalone::Running {
+    let loaded = config::load(&exporter::config("demo.yaml")).unwrap();
+    let none = Listeners {
+        socket: None,
+        tcp: None,
+        tls: None,
+        passphrase: None,
+    };
+    standalone::start(&loaded.config, none).await.unwrap()
+}
