@@ -76,6 +76,29 @@ fn as_client<T>(ctl: &FakeController, msg: T) -> Request<T> {
     )
 }
 
+/// GetLease as the client, and the status and reason of the lease's Ready condition.
+async fn lease_and_ready(
+    ctl: &FakeController,
+    leases: &mut ClientServiceClient<Channel>,
+    name: &str,
+) -> (client::Lease, (Option<String>, Option<String>)) {
+    let lease = leases
+        .get_lease(as_client(
+            ctl,
+            client::GetLeaseRequest { name: name.into() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ready = lease
+        .conditions
+        .iter()
+        .find(|c| c.r#type.as_deref() == Some("Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .expect("a Ready condition");
+    (lease, ready)
+}
+
 /// The exporter's Listen for `lease`, running in its own task (its headers come only with the
 /// first token).
 fn spawn_listen(
@@ -748,23 +771,8 @@ async fn client_lease_api_as_the_python_client_uses_it() {
 
     let mut exporter = ControllerServiceClient::new(channel(&ctl));
     register(&ctl, &mut exporter).await;
-    let got = leases
-        .get_lease(as_client(
-            &ctl,
-            client::GetLeaseRequest {
-                name: created.name.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let ready = got
-        .conditions
-        .iter()
-        .find(|c| c.r#type.as_deref() == Some("Ready"))
-        .expect("Ready condition");
-    assert_eq!(ready.status.as_deref(), Some("True"));
-    assert_eq!(ready.reason.as_deref(), Some("Ready"));
+    let (got, ready) = lease_and_ready(&ctl, &mut leases, &created.name).await;
+    assert_eq!(ready, (Some("True".into()), Some("Ready".into())));
     assert_eq!(
         got.exporter.as_deref(),
         Some("namespaces/default/exporters/exporter1")
@@ -806,25 +814,8 @@ async fn client_lease_api_as_the_python_client_uses_it() {
         .release_lease(as_exporter(&ctl, ReleaseLeaseRequest { name: id.clone() }))
         .await
         .unwrap();
-    let got = leases
-        .get_lease(as_client(
-            &ctl,
-            client::GetLeaseRequest {
-                name: created.name.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let ready = got
-        .conditions
-        .iter()
-        .find(|c| c.r#type.as_deref() == Some("Ready"))
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_deref(), ready.reason.as_deref()),
-        (Some("False"), Some("Released"))
-    );
+    let (got, ready) = lease_and_ready(&ctl, &mut leases, &created.name).await;
+    assert_eq!(ready, (Some("False".into()), Some("Released".into())));
     assert!(got.effective_end_time.is_some());
     let again = leases
         .delete_lease(as_client(
