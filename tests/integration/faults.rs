@@ -10,7 +10,7 @@ use jmp_testkit::{Event, FakeController, Options, PausableProxy, Rpc};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::exporter::Exporter;
-use crate::support::process::{holdings, settles_back};
+use crate::support::process::{holdings, settles_back, Holdings};
 use jmp_testkit::client as router_client;
 
 const EXPORT: &str = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n";
@@ -24,6 +24,23 @@ async fn write_config(
     let path = dir.path().join("exporter.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// A controller-mode exporter from `yaml` with a ready lease, and what it holds once the lease
+/// has settled: the baseline a fault test compares with.
+async fn leased(
+    c: &FakeController,
+    dir: &tempfile::TempDir,
+    yaml: String,
+) -> (Exporter, String, Holdings) {
+    let config = write_config(c, dir, yaml).await;
+    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
+        .await
+        .unwrap();
+    let lease = c.create_ready_lease().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = holdings(exporter.pid());
+    (exporter, lease, baseline)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,15 +88,8 @@ async fn an_exporter_started_while_the_controller_is_down_registers_when_it_come
 async fn a_router_connection_cut_mid_call_leaks_nothing_and_the_next_client_gets_in() {
     let c = FakeController::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(&c, &dir, c.exporter_config_yaml(EXPORT)).await;
-    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
-        .await
-        .unwrap();
+    let (exporter, lease, baseline) = leased(&c, &dir, c.exporter_config_yaml(EXPORT)).await;
     let pid = exporter.pid();
-    let lease = c.create_ready_lease().await;
-    // Let the lease settle before taking the baseline.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let baseline = holdings(pid);
 
     let gone = CancellationToken::new();
     let mut client = router_client::connect(&c, &lease, gone.clone()).await;
@@ -121,14 +131,8 @@ async fn a_router_that_stops_answering_is_detected_by_keepalive() {
         "export:",
         "grpcOptions:\n  grpc.keepalive_time_ms: 300\n  grpc.keepalive_timeout_ms: 700\nexport:",
     );
-    let config = write_config(&c, &dir, yaml).await;
-    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
-        .await
-        .unwrap();
+    let (exporter, lease, baseline) = leased(&c, &dir, yaml).await;
     let pid = exporter.pid();
-    let lease = c.create_ready_lease().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let baseline = holdings(pid);
 
     // The client talks to the router directly; only the exporter's side goes through the proxy.
     let mut client = router_client::connect(&c, &lease, CancellationToken::new()).await;
