@@ -367,7 +367,7 @@ impl Runner {
             run.name.clone(),
             run.host.conns.clone(),
             run.host.stop.clone(),
-            run.host.tunnels.clone(),
+            run.host.tasks.clone(),
             run.gate.subscribe(),
         )));
     }

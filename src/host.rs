@@ -37,8 +37,9 @@ pub struct SessionHost {
     pub conns: ConnSender,
     /// Ends everything the session started.
     pub stop: CancellationToken,
-    /// Client connections (router tunnels) of this session.
-    pub tunnels: TaskTracker,
+    /// The tasks serving this session (listeners, router tunnels); [`Self::end`] waits for
+    /// them, so that what they clean up on their way out (a socket file) is gone when it returns.
+    pub tasks: TaskTracker,
     /// The Unix socket hooks reach the session on (`JUMPSTARTER_HOST`).
     pub hook_socket: PathBuf,
     server: JoinHandle<()>,
@@ -62,15 +63,16 @@ impl SessionHost {
             session.require_lease();
         }
         let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let (conns, server) = server::start(session.clone(), passphrase, stop.clone());
         let runtime_dir = runtime_dir().map_err(HostError::RuntimeDir)?;
         let hook_socket = runtime_dir.path().join("hook.sock");
-        server::listen_unix(&hook_socket, conns.clone(), stop.clone())?;
+        server::listen_unix(&hook_socket, conns.clone(), stop.clone(), &tasks)?;
         Ok(Self {
             session,
             conns,
             stop,
-            tunnels: TaskTracker::new(),
+            tasks,
             hook_socket,
             server,
             _runtime_dir: runtime_dir,
@@ -89,10 +91,10 @@ impl SessionHost {
     /// Stops serving (connections get [`GRACE`] to finish) and closes the drivers.
     pub async fn end(self) {
         self.stop.cancel();
-        self.tunnels.close();
-        let (tunnels, server) = (self.tunnels, self.server);
+        self.tasks.close();
+        let (tasks, server) = (self.tasks, self.server);
         let drained = tokio::time::timeout(GRACE, async {
-            tunnels.wait().await;
+            tasks.wait().await;
             let _ = server.await;
         })
         .await;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tonic::service::InterceptorLayer;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
@@ -234,11 +235,13 @@ pub enum ListenError {
 }
 
 /// Binds a Unix socket (replacing a stale socket file) readable by owner and group only, and
-/// forwards its connections until `stop`.
+/// forwards its connections until `stop`, on a task of `tasks`. The socket file goes with that
+/// task, also when the runtime drops it before it saw `stop`.
 pub fn listen_unix(
     path: &Path,
     conns: ConnSender,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<(), ListenError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let err = |source| ListenError::Unix {
@@ -261,8 +264,9 @@ pub fn listen_unix(
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    let owned = path.to_path_buf();
-    tokio::spawn(async move {
+    let socket_file = SocketFile(path.to_path_buf());
+    tasks.spawn(async move {
+        let owned = &socket_file.0;
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -284,9 +288,18 @@ pub fn listen_unix(
                 }
             }
         }
-        let _ = std::fs::remove_file(&owned);
+        drop(socket_file);
     });
     Ok(())
+}
+
+/// Removes the socket file it names when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Parses `[HOST:]PORT` as upstream does (HOST defaults to 0.0.0.0).
@@ -301,12 +314,14 @@ pub fn parse_listen_addr(text: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// Binds the standalone TCP listener; returns the bound address.
+/// Binds the standalone TCP listener, accepting on a task of `tasks` until `stop`; returns the
+/// bound address.
 pub async fn listen_tcp(
     addr: &str,
     tls: Option<TlsAcceptor>,
     conns: ConnSender,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<SocketAddr, ListenError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -318,7 +333,7 @@ pub async fn listen_tcp(
         addr: addr.to_string(),
         source,
     })?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -414,6 +429,27 @@ mod tests {
         assert!(parse_listen_addr("host:port")
             .unwrap_err()
             .contains("[HOST:]PORT"));
+    }
+
+    /// The exporter can stop right after cancelling: the runtime then drops the listener task
+    /// before it runs again, and the socket file must go all the same.
+    #[test]
+    fn the_socket_file_goes_with_its_listener_even_unpolled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (conns, _incoming) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        runtime.block_on(async {
+            listen_unix(&path, conns, stop.clone(), &TaskTracker::new()).unwrap();
+        });
+        assert!(path.exists());
+        stop.cancel();
+        drop(runtime);
+        assert!(!path.exists(), "the socket file was left behind");
     }
 
     #[test]

@@ -51,13 +51,19 @@ pub async fn start(config: &ExporterConfig, listeners: Listeners) -> Result<Runn
     )
     .await?;
     if let Some(path) = &listeners.socket {
-        server::listen_unix(path, host.conns.clone(), host.stop.clone())?;
+        server::listen_unix(path, host.conns.clone(), host.stop.clone(), &host.tasks)?;
         tracing::info!(socket = %path.display(), "serving on Unix socket");
     }
     let mut tcp_addr = None;
     if let Some(addr) = &listeners.tcp {
-        let bound =
-            server::listen_tcp(addr, listeners.tls, host.conns.clone(), host.stop.clone()).await?;
+        let bound = server::listen_tcp(
+            addr,
+            listeners.tls,
+            host.conns.clone(),
+            host.stop.clone(),
+            &host.tasks,
+        )
+        .await?;
         tracing::info!(address = %bound, "serving on TCP");
         tcp_addr = Some(bound);
     }
