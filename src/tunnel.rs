@@ -108,8 +108,8 @@ enum Inbound {
         frames: Box<Streaming<StreamResponse>>,
         eof: bool,
     },
-    /// The router refused the call.
-    Refused,
+    /// The router refused the call, for this reason.
+    Refused(Box<tonic::Status>),
 }
 
 /// The write side, shared between the writer and the request stream that tonic polls.
@@ -126,6 +126,21 @@ struct Outbound {
     writer: Option<Waker>,
 }
 
+impl Outbound {
+    /// Applies `change` under the lock, then wakes the side it hands back, once the lock is
+    /// released so the woken task does not find it taken.
+    fn update<R>(
+        shared: &Mutex<Outbound>,
+        change: impl FnOnce(&mut Outbound) -> (R, Option<Waker>),
+    ) -> R {
+        let (result, wake) = change(&mut shared.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(w) = wake {
+            w.wake();
+        }
+        result
+    }
+}
+
 /// One router call as a byte connection.
 pub struct Tunnel {
     inbound: Inbound,
@@ -133,7 +148,6 @@ pub struct Tunnel {
     unread: Bytes,
     outbound: Arc<Mutex<Outbound>>,
     ended: Option<oneshot::Sender<Result<(), TunnelError>>>,
-    refusal: Option<TunnelError>,
 }
 
 impl Tunnel {
@@ -158,7 +172,6 @@ impl Tunnel {
             unread: Bytes::new(),
             outbound,
             ended: Some(ended_tx),
-            refusal: None,
         };
         Ok((tunnel, ended))
     }
@@ -175,12 +188,9 @@ impl Tunnel {
                             eof: false,
                         }
                     }
-                    Poll::Ready(Err(status)) => {
-                        self.refusal = Some(TunnelError::Refused(Box::new(status)));
-                        self.inbound = Inbound::Refused;
-                    }
+                    Poll::Ready(Err(status)) => self.inbound = Inbound::Refused(Box::new(status)),
                 },
-                Inbound::Open { eof: true, .. } | Inbound::Refused => {
+                Inbound::Open { eof: true, .. } | Inbound::Refused(_) => {
                     return Poll::Ready(Bytes::new())
                 }
                 Inbound::Open { frames, eof } => match frames.poll_next_unpin(cx) {
@@ -199,14 +209,10 @@ impl Tunnel {
     }
 
     fn close_outbound(&self) {
-        let sender = {
-            let mut out = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        Outbound::update(&self.outbound, |out| {
             out.closed = true;
-            out.sender.take()
-        };
-        if let Some(w) = sender {
-            w.wake();
-        }
+            ((), out.sender.take())
+        })
     }
 }
 
@@ -214,7 +220,10 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         self.close_outbound();
         if let Some(ended) = self.ended.take() {
-            let _ = ended.send(self.refusal.take().map_or(Ok(()), Err));
+            let _ = ended.send(match &self.inbound {
+                Inbound::Refused(status) => Err(TunnelError::Refused(status.clone())),
+                _ => Ok(()),
+            });
         }
     }
 }
@@ -252,15 +261,14 @@ impl AsyncWrite for Tunnel {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let (taken, sender) = {
-            let mut out = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        Outbound::update(&self.outbound, |out| {
             if out.call_gone || out.closed {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                return (Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())), None);
             }
             let room = SEND_BUFFER.saturating_sub(out.bytes.len());
             if room == 0 {
                 out.writer = Some(cx.waker().clone());
-                return Poll::Pending;
+                return (Poll::Pending, None);
             }
             let mut taken = 0;
             for slice in bufs {
@@ -272,12 +280,8 @@ impl AsyncWrite for Tunnel {
                 }
             }
             let sender = if taken > 0 { out.sender.take() } else { None };
-            (taken, sender)
-        };
-        if let Some(w) = sender {
-            w.wake();
-        }
-        Poll::Ready(Ok(taken))
+            (Poll::Ready(Ok(taken)), sender)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -305,43 +309,39 @@ impl Stream for Outgoing {
     type Item = StreamRequest;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
-        let (item, writer) = {
-            let mut out = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = Outbound::update(&self.shared, |out| {
             if !out.bytes.is_empty() {
                 let n = out.bytes.len().min(frame::MAX_PAYLOAD);
                 let chunk = out.bytes.split_to(n).freeze();
-                (Some(frame::data_request(chunk)), out.writer.take())
+                (
+                    Poll::Ready(Some(frame::data_request(chunk))),
+                    out.writer.take(),
+                )
             } else if !out.closed {
                 out.sender = Some(cx.waker().clone());
-                return Poll::Pending;
+                (Poll::Pending, None)
             } else {
-                (None, None)
+                (Poll::Ready(None), None)
             }
-        };
-        if let Some(w) = writer {
-            w.wake();
-        }
-        match item {
-            Some(frame) => Poll::Ready(Some(frame)),
-            None if !self.goaway_sent => {
+        });
+        match taken {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
+            Poll::Ready(None) if !self.goaway_sent => {
                 self.goaway_sent = true;
                 Poll::Ready(Some(frame::goaway_request()))
             }
-            None => Poll::Ready(None),
+            Poll::Ready(None) => Poll::Ready(None),
         }
     }
 }
 
 impl Drop for Outgoing {
     fn drop(&mut self) {
-        let writer = {
-            let mut out = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        Outbound::update(&self.shared, |out| {
             out.call_gone = true;
-            out.writer.take()
-        };
-        if let Some(w) = writer {
-            w.wake();
-        }
+            ((), out.writer.take())
+        })
     }
 }
 
