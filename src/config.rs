@@ -83,15 +83,19 @@ pub enum EntryKind {
         type_name: String,
         spec: Arc<dyn DriverSpec>,
     },
-    /// An alias of another entry, by its names from the top of `export:`.
-    Proxy { target: Vec<String> },
+    /// An alias of another entry, by its names from the top of `export:`; `mark` is where
+    /// the `ref:` value stands, for messages.
+    Proxy {
+        target: Vec<String>,
+        mark: Option<yaml::Mark>,
+    },
 }
 
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             EntryKind::Driver { type_name, .. } => type_name.clone(),
-            EntryKind::Proxy { target } => format!("ref {}", target.join(".")),
+            EntryKind::Proxy { target, .. } => format!("ref {}", target.join(".")),
         };
         f.debug_struct("Entry")
             .field("name", &self.name)
@@ -625,7 +629,10 @@ impl Reader {
         let mut entry = Entry {
             name: name.to_string(),
             path: path.to_string(),
-            kind: EntryKind::Proxy { target: Vec::new() },
+            kind: EntryKind::Proxy {
+                target: Vec::new(),
+                mark: None,
+            },
             description,
             methods_description,
             uuid: None,
@@ -649,6 +656,7 @@ impl Reader {
                 let target = self.text(Some(r), &join(path, "ref"))?;
                 entry.kind = EntryKind::Proxy {
                     target: target.split('.').map(str::to_string).collect(),
+                    mark: Some(r.mark),
                 };
                 Some(entry)
             }
@@ -749,15 +757,22 @@ impl Reader {
         }
         let mut all = Vec::new();
         walk(&config.export, &mut all);
+        let before = self.errors.len();
         for entry in all {
-            if let EntryKind::Proxy { .. } = entry.kind {
+            if let EntryKind::Proxy { mark, .. } = &entry.kind {
                 if let Err(message) = resolve(config, entry) {
                     self.errors.push(yaml::Error {
                         path: join(&entry.path, "ref"),
-                        mark: None,
+                        mark: *mark,
                         message,
                     });
                 }
+            }
+        }
+        // Only a tree whose aliases all lead somewhere can be laid out.
+        if self.errors.len() == before {
+            if let Err(e) = placements(config) {
+                self.errors.push(e);
             }
         }
     }
@@ -768,7 +783,7 @@ pub fn resolve<'a>(config: &'a ExporterConfig, mut entry: &'a Entry) -> Result<&
     for _ in 0..32 {
         match &entry.kind {
             EntryKind::Driver { .. } => return Ok(entry),
-            EntryKind::Proxy { target } => {
+            EntryKind::Proxy { target, .. } => {
                 entry = config.find(target).ok_or_else(|| {
                     format!("`{}` names no entry; use the dot-separated names from the top of `export:` (e.g. `dut.power`)", target.join("."))
                 })?;
@@ -776,6 +791,87 @@ pub fn resolve<'a>(config: &'a ExporterConfig, mut entry: &'a Entry) -> Result<&
         }
     }
     Err("`ref:` aliases form a loop".into())
+}
+
+/// The most reports a tree may list once aliases are expanded; more is refused as a config
+/// error (aliases of composites that hold aliases multiply).
+pub const MAX_REPORTS: usize = 4096;
+
+/// One line of the `GetReport` list before any UUID exists.
+#[derive(Clone, Copy)]
+pub struct Placement<'a> {
+    /// The entry standing at this place; its name is the one reported.
+    pub placed: &'a Entry,
+    /// The driver entry reported here: `placed` itself, or the target of an alias.
+    pub target: &'a Entry,
+    /// The driver entry whose UUID is reported as the parent; `None` for the root's children.
+    pub parent: Option<&'a Entry>,
+    /// The target's own place rather than a repeat of it through an alias: its driver is
+    /// built here, once per session.
+    pub own: bool,
+}
+
+/// The report list in upstream's order: depth first in config order, and an alias reported as
+/// its target followed by the target's whole subtree again (same entries, parents as at the
+/// target's own place), before or after the target's own place. The 0.9.0 client attaches each
+/// child to the parent UUID it built last, so an alias of a composite needs the repeat to have
+/// children at all.
+pub fn placements(config: &ExporterConfig) -> Result<Vec<Placement<'_>>, yaml::Error> {
+    fn place<'a>(
+        config: &'a ExporterConfig,
+        entries: &'a [Entry],
+        parent: Option<&'a Entry>,
+        own: bool,
+        open: &mut Vec<*const Entry>,
+        out: &mut Vec<Placement<'a>>,
+    ) -> Result<(), yaml::Error> {
+        for placed in entries {
+            let at_ref = |message: String| {
+                let mark = match &placed.kind {
+                    EntryKind::Proxy { mark, .. } => *mark,
+                    EntryKind::Driver { .. } => None,
+                };
+                yaml::Error {
+                    path: join(&placed.path, "ref"),
+                    mark,
+                    message,
+                }
+            };
+            let target = resolve(config, placed).map_err(at_ref)?;
+            if open.contains(&(target as *const Entry)) {
+                return Err(at_ref(format!(
+                    "`{}` is an entry that encloses this alias, so the driver list would repeat it forever; refer to a sibling or a child instead",
+                    target.path.trim_start_matches("export.").replace(".children.", ".")
+                )));
+            }
+            let own = own && std::ptr::eq(placed, target);
+            out.push(Placement {
+                placed,
+                target,
+                parent,
+                own,
+            });
+            if out.len() > MAX_REPORTS {
+                return Err(at_ref(format!(
+                    "the aliases expand the driver list past {MAX_REPORTS} entries; fewer aliases of composites would do"
+                )));
+            }
+            open.push(target);
+            place(config, &target.children, Some(target), own, open, out)?;
+            open.pop();
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    place(
+        config,
+        &config.export,
+        None,
+        true,
+        &mut Vec::new(),
+        &mut out,
+    )?;
+    Ok(out)
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -900,7 +996,7 @@ hooks:
             errors[2]
         );
         assert!(
-            errors[3].starts_with("export.c.ref: `missing.thing` names no entry"),
+            errors[3].starts_with("export.c.ref (line 13): `missing.thing` names no entry"),
             "{}",
             errors[3]
         );

@@ -200,7 +200,7 @@ pub fn describe_tree(config: &ExporterConfig) -> String {
                 EntryKind::Driver { type_name, spec } => {
                     let _ = writeln!(out, "{indent}{}: {type_name} -> {}", e.name, spec.client());
                 }
-                EntryKind::Proxy { target } => {
+                EntryKind::Proxy { target, .. } => {
                     let client = resolve(config, e)
                         .ok()
                         .and_then(Entry::client)

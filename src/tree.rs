@@ -3,7 +3,8 @@
 //!
 //! Report order is part of the contract: the root first (no parent), then depth-first in
 //! config order, every non-root node named by `jumpstarter.dev/name`. An alias (`ref:`) reports
-//! its target's report (same UUID and client) under its own parent and name.
+//! its target's report (same UUID and client) under its own parent and name, followed by the
+//! target's subtree again ([`crate::config::placements`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use jmp_drivers::{composite, Driver, DriverError};
 use uuid::Uuid;
 
-use crate::config::{resolve, Entry, EntryKind, ExporterConfig};
+use crate::config::{placements, Entry, EntryKind, ExporterConfig};
 use crate::proto::DriverInstanceReport;
 
 pub const CLIENT_LABEL: &str = "jumpstarter.dev/client";
@@ -57,62 +58,53 @@ impl DriverTree {
             methods_description: HashMap::new(),
         });
 
+        // Config checking already refused aliases that lead nowhere or loop.
+        let placements = placements(config).map_err(|e| BuildError {
+            path: e.path,
+            source: DriverError::Failed(e.message),
+        })?;
         // Every driver entry gets its UUID first, so an alias may name an entry listed after it.
-        let mut uuids: HashMap<*const Entry, Uuid> = HashMap::new();
-        fn assign(entries: &[Entry], uuids: &mut HashMap<*const Entry, Uuid>) {
-            for e in entries {
-                if let EntryKind::Driver { .. } = e.kind {
-                    uuids.insert(e as *const Entry, e.uuid.unwrap_or_else(Uuid::new_v4));
-                }
-                assign(&e.children, uuids);
-            }
-        }
-        assign(&config.export, &mut uuids);
-        tree.add(config, &config.export, tree.root, &uuids)?;
-        Ok(tree)
-    }
-
-    fn add(
-        &mut self,
-        config: &ExporterConfig,
-        entries: &[Entry],
-        parent: Uuid,
-        uuids: &HashMap<*const Entry, Uuid>,
-    ) -> Result<(), BuildError> {
-        for entry in entries {
-            // Config checking already refused aliases that lead nowhere.
-            let target = resolve(config, entry).map_err(|m| BuildError {
-                path: entry.path.clone(),
-                source: DriverError::Failed(m),
-            })?;
-            let EntryKind::Driver { spec, .. } = &target.kind else {
+        let uuids: HashMap<*const Entry, Uuid> = placements
+            .iter()
+            .filter(|p| p.own)
+            .map(|p| {
+                (
+                    p.target as *const Entry,
+                    p.target.uuid.unwrap_or_else(Uuid::new_v4),
+                )
+            })
+            .collect();
+        let uuid_of = |e: &Entry| uuids.get(&(e as *const Entry)).copied();
+        for p in &placements {
+            let EntryKind::Driver { spec, .. } = &p.target.kind else {
                 continue;
             };
-            let Some(&uuid) = uuids.get(&(target as *const Entry)) else {
+            let (Some(uuid), Some(parent)) =
+                (uuid_of(p.target), p.parent.map_or(Some(tree.root), uuid_of))
+            else {
                 continue;
             };
-            let mut labels: HashMap<String, String> = target.labels.iter().cloned().collect();
+            let mut labels: HashMap<String, String> = p.target.labels.iter().cloned().collect();
             labels.extend(spec.extra_labels());
             labels.insert(CLIENT_LABEL.into(), spec.client().into());
-            labels.insert(NAME_LABEL.into(), entry.name.clone());
-            self.reports.push(DriverInstanceReport {
+            labels.insert(NAME_LABEL.into(), p.placed.name.clone());
+            tree.reports.push(DriverInstanceReport {
                 uuid: uuid.to_string(),
                 parent_uuid: Some(parent.to_string()),
                 labels,
-                description: target.description.clone(),
-                methods_description: target.methods_description.iter().cloned().collect(),
+                description: p.target.description.clone(),
+                methods_description: p.target.methods_description.iter().cloned().collect(),
             });
-            if std::ptr::eq(target, entry) {
+            if p.own {
                 let driver = spec.build().map_err(|source| BuildError {
-                    path: entry.path.clone(),
+                    path: p.placed.path.clone(),
                     source,
                 })?;
-                self.drivers.insert(uuid, Arc::from(driver));
-                self.order.push((uuid, entry.path.clone()));
-                self.add(config, &entry.children, uuid, uuids)?;
+                tree.drivers.insert(uuid, Arc::from(driver));
+                tree.order.push((uuid, p.placed.path.clone()));
             }
         }
-        Ok(())
+        Ok(tree)
     }
 
     pub fn reports(&self) -> &[DriverInstanceReport] {
@@ -197,5 +189,111 @@ mod tests {
             p.labels[NAME_LABEL], "p",
             "the entry name wins over a label"
         );
+    }
+
+    /// (name, uuid, parent uuid) of every report after the root, uuids as indices of first use.
+    fn shape(t: &DriverTree) -> Vec<(String, usize, usize)> {
+        let mut seen: Vec<String> = vec![t.root.to_string()];
+        let mut index = |u: &str| match seen.iter().position(|s| s == u) {
+            Some(i) => i,
+            None => {
+                seen.push(u.to_string());
+                seen.len() - 1
+            }
+        };
+        t.reports()[1..]
+            .iter()
+            .map(|r| {
+                let parent = index(r.parent_uuid.as_deref().unwrap());
+                (r.labels[NAME_LABEL].clone(), index(&r.uuid), parent)
+            })
+            .collect()
+    }
+
+    fn named(v: &[(&str, usize, usize)]) -> Vec<(String, usize, usize)> {
+        v.iter().map(|(n, u, p)| (n.to_string(), *u, *p)).collect()
+    }
+
+    #[test]
+    fn an_alias_of_a_composite_repeats_the_whole_subtree_as_upstream_does() {
+        let t = tree(
+            "metadata: {}\nexport:\n  composite1:\n    children:\n      power1: {type: jumpstarter_driver_power.driver.MockPower}\n  power0: {type: jumpstarter_driver_power.driver.MockPower}\n  proxy0: {ref: power0}\n  proxy1: {ref: composite1}\n",
+        );
+        // Root is 0; composite1 = 1, power1 = 2, power0 = 3.
+        assert_eq!(
+            shape(&t),
+            named(&[
+                ("composite1", 1, 0),
+                ("power1", 2, 1),
+                ("power0", 3, 0),
+                ("proxy0", 3, 0),
+                ("proxy1", 1, 0),
+                ("power1", 2, 1),
+            ])
+        );
+        assert_eq!(
+            t.order.len(),
+            4,
+            "root, composite1, power1, power0: built once each"
+        );
+    }
+
+    #[test]
+    fn an_alias_listed_first_and_one_of_a_nested_composite_repeat_every_level() {
+        let t = tree(
+            "metadata: {}\nexport:\n  early: {ref: outer}\n  outer:\n    children:\n      inner:\n        children:\n          leaf: {type: jumpstarter_driver_power.driver.MockPower}\n          alias: {ref: solo}\n  solo: {type: jumpstarter_driver_power.driver.MockPower}\n  deep: {ref: outer.inner}\n",
+        );
+        // outer = 1, inner = 2, leaf = 3, solo = 4.
+        assert_eq!(
+            shape(&t),
+            named(&[
+                ("early", 1, 0),
+                ("inner", 2, 1),
+                ("leaf", 3, 2),
+                ("alias", 4, 2),
+                ("outer", 1, 0),
+                ("inner", 2, 1),
+                ("leaf", 3, 2),
+                ("alias", 4, 2),
+                ("solo", 4, 0),
+                ("deep", 2, 0),
+                ("leaf", 3, 2),
+                ("alias", 4, 2),
+            ])
+        );
+        assert_eq!(t.order.len(), 5);
+    }
+
+    #[test]
+    fn an_alias_of_an_enclosing_entry_is_a_config_error_with_its_line() {
+        let errors = crate::config::parse(
+            "metadata: {}\nexport:\n  dut:\n    children:\n      me:\n        ref: dut\n",
+            &|_| None,
+        )
+        .expect_err("refused");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "export.dut.children.me.ref");
+        assert_eq!(errors[0].mark.map(|m| m.line), Some(6));
+        assert!(
+            errors[0].message.contains("encloses this alias"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn aliases_that_multiply_past_the_limit_are_a_config_error() {
+        // Each level lists the one below twice: 2^13 reports.
+        let mut src = String::from(
+            "metadata: {}\nexport:\n  l0: {type: jumpstarter_driver_power.driver.MockPower}\n",
+        );
+        for level in 1..=13 {
+            let below = level - 1;
+            src.push_str(&format!(
+                "  l{level}:\n    children:\n      a: {{ref: l{below}}}\n      b: {{ref: l{below}}}\n"
+            ));
+        }
+        let errors = crate::config::parse(&src, &|_| None).expect_err("refused");
+        assert!(errors[0].message.contains("past 4096"), "{}", errors[0]);
     }
 }

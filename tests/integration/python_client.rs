@@ -221,3 +221,73 @@ fn the_tls_listener_serves_grpcio_with_a_verified_certificate() {
         json!(["", "power", "echo", "serial", "console"])
     );
 }
+
+/// Aliases of a composite, of a nested composite and of a leaf, one listed before its target,
+/// and a serial console with `cps: 0` (no throttling, as upstream).
+const ALIASES: &str = "apiVersion: jumpstarter.dev/v1alpha1
+kind: ExporterConfig
+metadata: {namespace: default, name: aliases}
+endpoint: ''
+token: ''
+export:
+  composite1:
+    children:
+      power1: {type: jumpstarter_driver_power.driver.MockPower}
+  power0: {type: jumpstarter_driver_power.driver.MockPower}
+  proxy0: {ref: power0}
+  proxy1: {ref: composite1}
+  early: {ref: outer}
+  outer:
+    children:
+      inner:
+        children:
+          leaf: {type: jumpstarter_driver_power.driver.MockPower}
+          alias: {ref: solo}
+  solo: {type: jumpstarter_driver_power.driver.MockPower}
+  deep: {ref: outer.inner}
+  console:
+    type: jumpstarter_driver_pyserial.driver.PySerial
+    config: {url: 'loop://', cps: 0}
+";
+
+#[test]
+fn aliases_are_reported_as_upstream_lays_them_out_and_the_client_reaches_through_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aliases.yaml");
+    std::fs::write(&file, ALIASES).unwrap();
+    let exporter = Exporter::unix(&file);
+    let host = exporter.host();
+
+    let shapes = drive(
+        &host,
+        "report_shapes",
+        &[("CONFIG_FILE", file.to_str().unwrap())],
+    );
+    assert_eq!(shapes["ours"], shapes["upstream"], "{shapes}");
+    let names: Vec<&str> = shapes["ours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row[0].as_str())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "leaf").count(),
+        3,
+        "outer.inner.leaf at its place and through `early` and `deep`: {names:?}"
+    );
+
+    let seen = drive(&host, "refs", &[]);
+    assert_eq!(
+        seen["same"],
+        json!({"proxy1.power1": true, "proxy0": true, "early.inner": true, "deep.leaf": true, "deep.alias": true}),
+        "{seen}"
+    );
+    assert_eq!(seen["classes"]["proxy1"], "CompositeClient");
+    assert_eq!(seen["classes"]["deep.leaf"], "PowerClient");
+    assert_eq!(seen["echoed"], 65536);
+    assert!(
+        exporter.log().matches("power on").count() >= 3,
+        "{}",
+        exporter.log()
+    );
+}

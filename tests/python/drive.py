@@ -129,8 +129,72 @@ def strict(client):
     return seen
 
 
-SCENARIOS = {f.__name__: f for f in (tree, power, serial, echo, errors, strict)}
+def refs(client):
+    """Aliases as upstream lays them out (the config in python_client.rs): an alias of a
+    composite has the composite's children, at every depth, and an alias of a leaf is the leaf;
+    the serial console has `cps: 0` (no throttling)."""
+    client.proxy1.power1.on()
+    client.composite1.power1.off()
+    client.proxy0.on()
+    client.early.inner.leaf.on()
+    client.outer.inner.leaf.off()
+    client.deep.leaf.cycle(wait=0.01)
+    client.deep.alias.on()
+    same = {
+        "proxy1.power1": client.proxy1.power1.uuid == client.composite1.power1.uuid,
+        "proxy0": client.proxy0.uuid == client.power0.uuid,
+        "early.inner": client.early.inner.uuid == client.outer.inner.uuid,
+        "deep.leaf": client.deep.leaf.uuid == client.outer.inner.leaf.uuid,
+        "deep.alias": client.deep.alias.uuid == client.solo.uuid,
+    }
+    payload = bytes(range(256)) * 256  # 64 KiB: seconds at any throttled rate
+    with client.console.stream() as s:
+        s.send(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            got += s.receive()
+    assert bytes(got) == payload
+    return {"same": same, "classes": {"proxy1": type(client.proxy1).__name__, "deep.leaf": type(client.deep.leaf).__name__}, "echoed": len(got)}
 
+
+SCENARIOS = {f.__name__: f for f in (tree, power, serial, echo, errors, strict, refs)}
+
+
+def report_shapes(host):
+    """The GetReport list of the exporter at `host` and the list upstream's own driver tree
+    enumerates for the same file (CONFIG_FILE), each as (name, uuid, parent) with uuids
+    replaced by the order of first appearance: they must be equal entry for entry."""
+    import os
+
+    import grpc
+    from google.protobuf import empty_pb2
+    from jumpstarter.config.exporter import ExporterConfigV1Alpha1, ExporterConfigV1Alpha1DriverInstance
+    from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2_grpc
+
+    def shape(rows):
+        order = []
+
+        def index(u):
+            if u not in order:
+                order.append(u)
+            return order.index(u)
+
+        return [[name, index(u), None if p is None else index(p)] for (name, u, p) in rows]
+
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(grpc.insecure_channel(f"unix://{host}"))
+    report = stub.GetReport(empty_pb2.Empty(), timeout=10)
+    ours = [
+        (r.labels.get("jumpstarter.dev/name"), r.uuid, r.parent_uuid if r.HasField("parent_uuid") else None)
+        for r in report.reports
+    ]
+    from pathlib import Path
+
+    config = ExporterConfigV1Alpha1.load_path(Path(os.environ["CONFIG_FILE"]))
+    root = ExporterConfigV1Alpha1DriverInstance(
+        type="jumpstarter_driver_composite.driver.Composite", children=config.export
+    ).instantiate()
+    theirs = [(name, str(u), None if parent is None else str(parent.uuid)) for (u, parent, name, _) in root.enumerate()]
+    return {"ours": shape(ours), "upstream": shape(theirs)}
 
 
 def session_rpcs(host):
@@ -273,7 +337,7 @@ def lease(_host):
             }
 
 
-RAW = {"session_rpcs": session_rpcs, "end_session": end_session, "lease": lease, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
+RAW = {"report_shapes": report_shapes, "session_rpcs": session_rpcs, "end_session": end_session, "lease": lease, "tls_report": tls_report, "descriptors": descriptors, "hold_logstream": hold_logstream}
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ pub struct SerialConfig {
     pub target: Target,
     pub baudrate: u32,
     pub check_present: bool,
+    /// Characters per second written to the device; `None` for no throttling.
     pub cps: Option<f64>,
     pub disable_hupcl: bool,
     pub capture: Option<Capture>,
@@ -57,6 +58,9 @@ pub const DEFAULT_LOG_KEEP: u32 = 4;
 const MIN_LOG_MAX_BYTES: u64 = 1024;
 /// The most rotated files kept.
 const MAX_LOG_KEEP: u32 = 100;
+
+/// The slowest `cps` accepted: one character every 1,000 s.
+pub const MIN_CPS: f64 = 0.001;
 
 fn default_baudrate() -> u32 {
     115_200
@@ -100,11 +104,14 @@ pub fn parse(node: &Node, path: &str) -> Result<SerialConfig, yaml::Error> {
             "baudrate must be a positive number of bits per second, such as 115200".into(),
         ));
     }
-    if let Some(cps) = raw.cps {
-        if !(cps.is_finite() && cps > 0.0) {
+    // Upstream throttles only when `cps` is above zero; zero, a negative number or infinity
+    // mean "as fast as the port goes".
+    let cps = raw.cps.filter(|c| c.is_finite() && *c > 0.0);
+    if let Some(c) = cps {
+        if c < MIN_CPS {
             return Err(at(
                 "cps",
-                format!("cps must be a positive number of characters per second, got {cps}"),
+                format!("cps {c} would send one character every {:.0} s; use at least {MIN_CPS}, or 0 for no throttling", 1.0 / c),
             ));
         }
     }
@@ -162,7 +169,7 @@ pub fn parse(node: &Node, path: &str) -> Result<SerialConfig, yaml::Error> {
         target,
         baudrate: raw.baudrate,
         check_present: raw.check_present,
-        cps: raw.cps,
+        cps,
         disable_hupcl: raw.disable_hupcl,
         capture,
     })
@@ -461,8 +468,13 @@ mod tests {
         assert!(err("baudrate: 9600\n")
             .message
             .contains("missing field `url`"));
-        let e = err("url: loop://\ncps: 0\n");
+        for none in ["0", "-5", "0.0", ".inf", ".nan"] {
+            let c = load(&format!("url: loop://\ncps: {none}\n")).unwrap();
+            assert_eq!(c.cps, None, "cps: {none} means no throttling, as upstream");
+        }
+        let e = err("url: loop://\ncps: 0.00001\n");
         assert_eq!(e.path, "export.dut.children.console.config.cps");
+        assert!(e.message.contains("or 0 for no throttling"), "{e}");
         let c = load("url: loop://\ncps: 10\ncheck_present: no\ndisable_hupcl: yes\n").unwrap();
         assert_eq!(c.cps, Some(10.0));
         assert!(!c.check_present && c.disable_hupcl);

@@ -23,7 +23,7 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// `cps` is checked positive and finite by the config.
+    /// `cps` is checked by the config: finite and at least [`super::config::MIN_CPS`].
     pub fn new(cps: f64) -> Self {
         Self {
             period: Duration::from_secs_f64(1.0 / cps),
