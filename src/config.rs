@@ -106,6 +106,15 @@ impl fmt::Debug for Entry {
 }
 
 impl Entry {
+    /// The entry's names from the top of `export:`, dotted (`dut.power`), as a `ref:` names it
+    /// and as messages about its driver do.
+    pub fn dotted(&self) -> String {
+        self.path
+            .strip_prefix("export.")
+            .unwrap_or(&self.path)
+            .replace(".children.", ".")
+    }
+
     /// The client label reported for this entry (a proxy reports its target's).
     pub fn client(&self) -> Option<&'static str> {
         match &self.kind {
@@ -841,7 +850,7 @@ pub fn placements(config: &ExporterConfig) -> Result<Vec<Placement<'_>>, yaml::E
             if open.contains(&(target as *const Entry)) {
                 return Err(at_ref(format!(
                     "`{}` is an entry that encloses this alias, so the driver list would repeat it forever; refer to a sibling or a child instead",
-                    target.path.trim_start_matches("export.").replace(".children.", ".")
+                    target.dotted()
                 )));
             }
             let own = own && std::ptr::eq(placed, target);

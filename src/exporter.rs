@@ -37,7 +37,7 @@ use crate::server::ConnSender;
 use crate::session::status_name;
 use crate::signal::Stop;
 use crate::systemd;
-use crate::tree::DriverTree;
+use crate::tree::Layout;
 use crate::tunnel;
 
 /// Time allowed for OFFLINE and Unregister on the way out.
@@ -120,6 +120,9 @@ pub async fn run(config: ExporterConfig, stop: Stop) -> Result<Exit, ExporterErr
         tracing::warn!(option = %key, "grpcOptions key is not used by this exporter");
     }
     let channel = controller::channel(&endpoint, tls.clone(), &options)?;
+    if let Ok(layout) = Layout::of(&config) {
+        layout.start_owners();
+    }
     let link = Arc::new(Link {
         controller: ControllerServiceClient::new(channel),
         identity,
@@ -235,8 +238,9 @@ impl Runner {
     }
 
     async fn register(&self) -> Result<(), ControllerError> {
-        let reports = DriverTree::build(&self.config)
-            .map(|tree| tree.reports().to_vec())
+        // From the config alone: registering opens no device.
+        let reports = Layout::of(&self.config)
+            .map(|layout| layout.reports().to_vec())
             .map_err(|e| ControllerError::Drivers(e.to_string()))?;
         let mut request = self.link.identity.request(RegisterRequest {
             labels: HashMap::new(),

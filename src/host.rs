@@ -16,15 +16,15 @@ use crate::config::{ExporterConfig, Secret};
 use crate::hooks::HookContext;
 use crate::server::{self, ConnSender, ListenError};
 use crate::session::Session;
-use crate::tree::{BuildError, DriverTree};
+use crate::tree::{DriverTree, LayoutError};
 
 /// Time the session gets to drain at its end.
 pub const GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("cannot start drivers: {0}")]
-    Drivers(#[from] BuildError),
+    #[error("cannot lay out the driver tree: {0}")]
+    Layout(#[from] LayoutError),
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("cannot create the hook socket directory: {0}")]
@@ -48,7 +48,8 @@ pub struct SessionHost {
 }
 
 impl SessionHost {
-    /// Builds fresh drivers, resets them, and serves the session on a new hook socket.
+    /// Builds fresh drivers, resets them (a device that is absent or busy costs only its own
+    /// driver's calls), and serves the session on a new hook socket.
     pub async fn start(
         config: &ExporterConfig,
         exporter_uuid: Uuid,
@@ -57,7 +58,8 @@ impl SessionHost {
         passphrase: Option<Secret>,
     ) -> Result<Self, HostError> {
         let tree = DriverTree::build(config)?;
-        tree.reset().await?;
+        // A driver that cannot reach its device says so at its calls; the session starts.
+        tree.reset().await;
         let session = Session::for_lease(exporter_uuid, tree, lease, on_end);
         if config.require_lease {
             session.require_lease();

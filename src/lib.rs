@@ -20,6 +20,7 @@ pub mod host;
 pub mod lease;
 pub mod logging;
 pub mod logs;
+pub mod panics;
 pub mod proto;
 pub mod rejection;
 pub mod server;

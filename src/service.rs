@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use jmp_drivers::{Driver, DriverError, MethodKind};
+use jmp_drivers::{DriverError, MethodKind};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
@@ -21,6 +21,7 @@ use crate::proto::exporter_service_server::ExporterService;
 use crate::proto::router_service_server::RouterService;
 use crate::proto::*;
 use crate::session::{status_name, Session};
+use crate::tree::{CallError, DriverRef};
 use crate::value;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -38,12 +39,7 @@ impl SessionService {
 
     /// Finds the driver and checks that `method` is exported with the kind the client used;
     /// in strict mode, first that a lease is active.
-    fn lookup(
-        &self,
-        uuid: &str,
-        method: &str,
-        kind: MethodKind,
-    ) -> Result<Arc<dyn Driver>, Status> {
+    fn lookup(&self, uuid: &str, method: &str, kind: MethodKind) -> Result<DriverRef, Status> {
         if let Some(status) = self.session.call_refused_by() {
             tracing::debug!(
                 method = %shorten(method),
@@ -58,14 +54,14 @@ impl SessionService {
         }
         let driver = Uuid::parse_str(uuid)
             .ok()
-            .and_then(|u| self.session.tree.driver(&u))
+            .and_then(|u| self.session.tree.driver(&u).cloned())
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "no driver with uuid {:?} in this session; GetReport lists the current ones",
                     shorten(uuid)
                 ))
             })?;
-        match driver.method(method) {
+        match driver.method(method).map_err(status_of)? {
             None => Err(Status::not_found(format!(
                 "method {} not found on driver",
                 shorten(method)
@@ -95,14 +91,15 @@ fn shorten(name: &str) -> String {
 }
 
 /// The one mapping from driver errors to gRPC codes (codes the Python client turns into its
-/// exception classes).
-pub fn status_of(err: DriverError) -> Status {
-    match err {
-        DriverError::NotImplemented(m) => Status::unimplemented(m),
-        DriverError::InvalidArgument(m) => Status::invalid_argument(m),
-        DriverError::Timeout(m) => Status::deadline_exceeded(m),
-        DriverError::Unavailable(m) => Status::unavailable(m),
-        DriverError::Failed(m) => Status::unknown(m),
+/// exception classes). A driver that panicked is INTERNAL: a bug, not the device.
+pub fn status_of(err: impl Into<CallError>) -> Status {
+    match err.into() {
+        CallError::Driver(DriverError::NotImplemented(m)) => Status::unimplemented(m),
+        CallError::Driver(DriverError::InvalidArgument(m)) => Status::invalid_argument(m),
+        CallError::Driver(DriverError::Timeout(m)) => Status::deadline_exceeded(m),
+        CallError::Driver(DriverError::Unavailable(m)) => Status::unavailable(m),
+        CallError::Driver(DriverError::Failed(m)) => Status::unknown(m),
+        CallError::Panic(p) => Status::internal(p.to_string()),
     }
 }
 

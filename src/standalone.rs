@@ -19,6 +19,7 @@ use crate::lease::{Effect, Event, HookPlan, Lifecycle};
 use crate::server;
 use crate::signal::Stop;
 use crate::systemd;
+use crate::tree::Layout;
 
 /// Lease name of the standalone session, as upstream.
 pub const LEASE_NAME: &str = "standalone";
@@ -41,6 +42,7 @@ pub struct Running {
 
 /// Builds the session and binds every listener; serving goes on in the background.
 pub async fn start(config: &ExporterConfig, listeners: Listeners) -> Result<Running, HostError> {
+    Layout::of(config)?.start_owners();
     let (ends_tx, ends) = mpsc::unbounded_channel();
     let host = SessionHost::start(
         config,

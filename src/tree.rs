@@ -1,5 +1,12 @@
-//! The driver tree of one session: fresh driver instances built from the checked config, the
-//! UUID of each, and the flattened `GetReport` list the client rebuilds its objects from.
+//! The driver tree of one session: the UUID of every entry, the flattened `GetReport` list the
+//! client rebuilds its objects from, and a fresh driver per entry.
+//!
+//! Two steps. [`Layout`] is what the config says (UUIDs, reports, the entries to build) and
+//! touches no device: registration with the controller needs nothing else. [`DriverTree`] adds
+//! one session's drivers. Building a driver never fails on a device (the rule of `jmp-drivers`);
+//! a driver that panics while being built is kept in the tree as broken and answers UNAVAILABLE
+//! saying so, and every call into a driver runs under [`crate::panics`], so a driver bug costs
+//! one call.
 //!
 //! Report order is part of the contract: the root first (no parent), then depth-first in
 //! config order, every non-root node named by `jumpstarter.dev/name`. An alias (`ref:`) reports
@@ -7,61 +14,70 @@
 //! target's subtree again ([`crate::config::placements`]).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use jmp_drivers::{composite, Driver, DriverError};
+use futures::Stream;
+use jmp_drivers::{composite, BoxedIo, Driver, DriverError, DriverSpec, Json, MethodKind};
 use uuid::Uuid;
 
 use crate::config::{placements, Entry, EntryKind, ExporterConfig};
+use crate::panics::{self, DriverPanic, Guarded};
 use crate::proto::DriverInstanceReport;
 
 pub const CLIENT_LABEL: &str = "jumpstarter.dev/client";
 pub const NAME_LABEL: &str = "jumpstarter.dev/name";
 
-/// One session's drivers.
-pub struct DriverTree {
+/// The name messages use for the root.
+const ROOT_NAME: &str = "(root)";
+
+/// A config whose aliases cannot be laid out (config checking refuses these first).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct LayoutError {
+    pub path: String,
+    pub message: String,
+}
+
+/// One entry to build a driver for.
+struct Planned {
+    uuid: Uuid,
+    /// Dotted entry name (`dut.power`), for messages.
+    name: Arc<str>,
+    spec: Arc<dyn DriverSpec>,
+}
+
+/// What the config says about the tree, with UUIDs chosen: no driver built, no device touched.
+pub struct Layout {
     pub root: Uuid,
     reports: Vec<DriverInstanceReport>,
-    drivers: HashMap<Uuid, Arc<dyn Driver>>,
-    /// Drivers in config order (root first, aliases left out): the order of reset and close.
-    order: Vec<(Uuid, String)>,
+    /// Root first, then every driver entry in config order (aliases left out).
+    planned: Vec<Planned>,
 }
 
-/// A driver could not be built; names the entry.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-pub struct BuildError {
-    pub path: String,
-    #[source]
-    pub source: DriverError,
-}
-
-impl DriverTree {
-    /// Builds fresh drivers for every entry of `config`.
-    pub fn build(config: &ExporterConfig) -> Result<Self, BuildError> {
-        let mut tree = DriverTree {
-            root: Uuid::new_v4(),
-            reports: Vec::new(),
-            drivers: HashMap::new(),
-            order: Vec::new(),
-        };
-        tree.drivers
-            .insert(tree.root, Arc::new(composite::Composite));
-        tree.order.push((tree.root, "(root)".into()));
+impl Layout {
+    /// Lays out `config`: fixed UUIDs from `config.uuid`, fresh ones otherwise.
+    pub fn of(config: &ExporterConfig) -> Result<Self, LayoutError> {
+        let root = Uuid::new_v4();
         let mut root_labels = HashMap::new();
         root_labels.insert(CLIENT_LABEL.to_string(), composite::CLIENT.to_string());
-        tree.reports.push(DriverInstanceReport {
-            uuid: tree.root.to_string(),
+        let mut reports = vec![DriverInstanceReport {
+            uuid: root.to_string(),
             parent_uuid: None,
             labels: root_labels,
             description: config.description.clone().filter(|d| !d.is_empty()),
             methods_description: HashMap::new(),
-        });
+        }];
+        let mut planned = vec![Planned {
+            uuid: root,
+            name: ROOT_NAME.into(),
+            spec: Arc::new(composite::Composite),
+        }];
 
-        // Config checking already refused aliases that lead nowhere or loop.
-        let placements = placements(config).map_err(|e| BuildError {
+        let placements = placements(config).map_err(|e| LayoutError {
             path: e.path,
-            source: DriverError::Failed(e.message),
+            message: e.message,
         })?;
         // Every driver entry gets its UUID first, so an alias may name an entry listed after it.
         let uuids: HashMap<*const Entry, Uuid> = placements
@@ -80,7 +96,7 @@ impl DriverTree {
                 continue;
             };
             let (Some(uuid), Some(parent)) =
-                (uuid_of(p.target), p.parent.map_or(Some(tree.root), uuid_of))
+                (uuid_of(p.target), p.parent.map_or(Some(root), uuid_of))
             else {
                 continue;
             };
@@ -88,7 +104,7 @@ impl DriverTree {
             labels.extend(spec.extra_labels());
             labels.insert(CLIENT_LABEL.into(), spec.client().into());
             labels.insert(NAME_LABEL.into(), p.placed.name.clone());
-            tree.reports.push(DriverInstanceReport {
+            reports.push(DriverInstanceReport {
                 uuid: uuid.to_string(),
                 parent_uuid: Some(parent.to_string()),
                 labels,
@@ -96,44 +112,214 @@ impl DriverTree {
                 methods_description: p.target.methods_description.iter().cloned().collect(),
             });
             if p.own {
-                let driver = spec.build().map_err(|source| BuildError {
-                    path: p.placed.path.clone(),
-                    source,
-                })?;
-                tree.drivers.insert(uuid, Arc::from(driver));
-                tree.order.push((uuid, p.placed.path.clone()));
+                planned.push(Planned {
+                    uuid,
+                    name: p.placed.dotted().into(),
+                    spec: spec.clone(),
+                });
             }
         }
-        Ok(tree)
+        Ok(Self {
+            root,
+            reports,
+            planned,
+        })
     }
 
     pub fn reports(&self) -> &[DriverInstanceReport] {
         &self.reports
     }
 
-    pub fn driver(&self, uuid: &Uuid) -> Option<Arc<dyn Driver>> {
-        self.drivers.get(uuid).cloned()
+    /// Starts the drivers that own their device for the life of the process
+    /// ([`DriverSpec::start`]); the exporter does this once, when it starts serving.
+    pub fn start_owners(&self) {
+        for p in &self.planned {
+            let _ = panics::catch(&p.name, "start", || p.spec.start());
+        }
+    }
+}
+
+/// What a call into a driver can end with besides its result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Panic(#[from] DriverPanic),
+}
+
+#[derive(Clone)]
+enum Slot {
+    Ready(Arc<dyn Driver>),
+    /// Could not be built this session; the text says why.
+    Broken(Arc<str>),
+}
+
+/// One driver of the tree, as the services reach it: every call is guarded.
+#[derive(Clone)]
+pub struct DriverRef {
+    /// Dotted entry name (`dut.power`).
+    pub name: Arc<str>,
+    slot: Slot,
+}
+
+impl DriverRef {
+    /// The kind of `method`, or why this driver cannot take calls at all.
+    pub fn method(&self, method: &str) -> Result<Option<MethodKind>, CallError> {
+        match &self.slot {
+            Slot::Ready(d) => Ok(panics::catch(&self.name, method, || d.method(method))?),
+            Slot::Broken(why) => Err(DriverError::Unavailable(why.to_string()).into()),
+        }
     }
 
-    /// Resets every driver in config order, as a session start does.
-    pub async fn reset(&self) -> Result<(), BuildError> {
-        for (uuid, path) in &self.order {
-            if let Some(d) = self.drivers.get(uuid) {
-                d.reset().await.map_err(|source| BuildError {
-                    path: path.clone(),
-                    source,
-                })?;
+    fn ready(&self) -> Result<&Arc<dyn Driver>, CallError> {
+        match &self.slot {
+            Slot::Ready(d) => Ok(d),
+            Slot::Broken(why) => Err(DriverError::Unavailable(why.to_string()).into()),
+        }
+    }
+
+    pub async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, CallError> {
+        let driver = self.ready()?;
+        Ok(Guarded::new(&self.name, method, driver.call(method, args)).await??)
+    }
+
+    /// A streaming call; a panic while producing results ends the stream with that error.
+    pub async fn streaming_call(
+        &self,
+        method: &str,
+        args: Vec<Json>,
+    ) -> Result<GuardedResults, CallError> {
+        let driver = self.ready()?;
+        let results =
+            Guarded::new(&self.name, method, driver.streaming_call(method, args)).await??;
+        Ok(GuardedResults {
+            inner: Some(results),
+            name: self.name.clone(),
+            method: method.to_string(),
+        })
+    }
+
+    /// Opens a byte stream; a panic inside the device's I/O fails that stream only.
+    pub async fn connect(&self, method: &str) -> Result<BoxedIo, CallError> {
+        let driver = self.ready()?;
+        let io = Guarded::new(&self.name, method, driver.connect(method)).await??;
+        Ok(Box::new(panics::GuardedIo::new(&self.name, method, io)))
+    }
+}
+
+/// The results of a guarded streaming call.
+pub struct GuardedResults {
+    inner: Option<jmp_drivers::ResultStream>,
+    name: Arc<str>,
+    method: String,
+}
+
+impl Stream for GuardedResults {
+    type Item = Result<Json, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match panics::catch(&this.name, &this.method, || inner.as_mut().poll_next(cx)) {
+            Ok(Poll::Ready(None)) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Ok(Poll::Ready(Some(item))) => Poll::Ready(Some(item.map_err(CallError::from))),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => {
+                let inner = this.inner.take();
+                let _ = panics::catch(&this.name, &this.method, move || drop(inner));
+                Poll::Ready(Some(Err(panic.into())))
             }
         }
-        Ok(())
+    }
+}
+
+/// One session's drivers.
+pub struct DriverTree {
+    pub root: Uuid,
+    reports: Vec<DriverInstanceReport>,
+    drivers: HashMap<Uuid, DriverRef>,
+    /// Root first, then config order: the order of reset and close.
+    order: Vec<Uuid>,
+}
+
+impl DriverTree {
+    /// Lays out `config` and builds fresh drivers for it.
+    pub fn build(config: &ExporterConfig) -> Result<Self, LayoutError> {
+        Ok(Self::from_layout(Layout::of(config)?))
+    }
+
+    /// Builds a fresh driver for every planned entry.
+    pub fn from_layout(layout: Layout) -> Self {
+        let mut drivers = HashMap::new();
+        let mut order = Vec::new();
+        for p in layout.planned {
+            let slot = match panics::catch(&p.name, "build", || p.spec.build()) {
+                Ok(driver) => Slot::Ready(Arc::from(driver)),
+                Err(panic) => Slot::Broken(panic.to_string().into()),
+            };
+            drivers.insert(p.uuid, DriverRef { name: p.name, slot });
+            order.push(p.uuid);
+        }
+        Self {
+            root: layout.root,
+            reports: layout.reports,
+            drivers,
+            order,
+        }
+    }
+
+    pub fn reports(&self) -> &[DriverInstanceReport] {
+        &self.reports
+    }
+
+    pub fn driver(&self, uuid: &Uuid) -> Option<&DriverRef> {
+        self.drivers.get(uuid)
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = (&DriverRef, &Arc<dyn Driver>)> {
+        self.order.iter().filter_map(|u| {
+            let d = self.drivers.get(u)?;
+            match &d.slot {
+                Slot::Ready(driver) => Some((d, driver)),
+                Slot::Broken(_) => None,
+            }
+        })
+    }
+
+    /// Brings every driver to its known state, as a session start does. A driver whose device
+    /// is absent, busy or broken is logged and left to say so at its calls (which try again);
+    /// the session starts either way. Returns how many drivers could not be reset.
+    pub async fn reset(&self) -> usize {
+        let mut failed = 0;
+        for (d, driver) in self.in_order() {
+            match Guarded::new(&d.name, "reset", driver.reset()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed += 1;
+                    tracing::warn!(driver = %d.name, error = %e, "driver not ready at session start; its calls say why and try again");
+                }
+                Err(_panic) => failed += 1,
+            }
+        }
+        for d in self.drivers.values() {
+            if let Slot::Broken(why) = &d.slot {
+                failed += 1;
+                tracing::warn!(driver = %d.name, "{why}");
+            }
+        }
+        failed
     }
 
     /// Closes every driver in config order, as a session end does.
     pub async fn close(&self) {
-        for (uuid, _) in &self.order {
-            if let Some(d) = self.drivers.get(uuid) {
-                d.close().await;
-            }
+        for (d, driver) in self.in_order() {
+            let _ = Guarded::new(&d.name, "close", driver.close()).await;
         }
     }
 }

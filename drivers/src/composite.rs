@@ -27,8 +27,8 @@ impl DriverSpec for Composite {
         CLIENT
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(Composite))
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(Composite)
     }
 }
 

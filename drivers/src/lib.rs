@@ -121,7 +121,15 @@ pub trait DriverSpec: Send + Sync + 'static {
         Vec::new()
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError>;
+    /// Called once when the exporter starts serving, for a driver that owns its device for the
+    /// life of the process (a serial port whose console is captured). It must not fail: a
+    /// device that is absent is the owner's to wait for.
+    fn start(&self) {}
+
+    /// A fresh driver for one session. It must not open or touch the device: that happens in
+    /// [`Driver::reset`] and in the calls, so that laying out a tree (registration, `check`)
+    /// has no effect on hardware and a device that is absent or busy costs only its own calls.
+    fn build(&self) -> Box<dyn Driver>;
 }
 
 /// Parses and checks one entry's `config:` node (found at the given YAML path).

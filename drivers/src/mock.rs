@@ -41,8 +41,8 @@ impl DriverSpec for MockPowerSpec {
         crate::POWER_CLIENT
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(MockPower))
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(MockPower)
     }
 }
 
@@ -85,8 +85,8 @@ impl DriverSpec for EchoSpec {
         NETWORK_CLIENT
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(EchoNetwork))
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(EchoNetwork)
     }
 }
 

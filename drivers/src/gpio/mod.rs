@@ -9,8 +9,10 @@
 //! `jmp-exporter list gpio` prints. This module owns the drivers only.
 //!
 //! ## Contract kept from upstream
-//! - Lines are requested with consumer `jumpstarter-gpiod` when a driver is built (each
-//!   session) and released when the session closes; a busy or missing line fails the build.
+//! - Lines are requested with consumer `jumpstarter-gpiod` at each session start and released
+//!   when the session closes. Unlike upstream, a busy or missing line never fails the session:
+//!   its calls answer UNAVAILABLE naming the chip, the line and its holder, and each call tries
+//!   the request again, so the driver works once the other user lets go.
 //! - Outputs go to `initial_value` when every session starts. Unlike a fresh output request,
 //!   this never glitches a line already at that value: the line is requested as-is and then
 //!   reconfigured as an output driving the initial value.
@@ -110,8 +112,8 @@ impl DriverSpec for GpioSpec {
         }
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(GpioLine::open(self.kind, self.line.clone())?))
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(GpioLine::new(self.kind, self.line.clone()))
     }
 }
 
@@ -119,35 +121,95 @@ impl DriverSpec for GpioSpec {
 pub struct GpioLine {
     kind: Kind,
     spec: Arc<LineSpec>,
-    claim: Mutex<Option<Arc<Claim>>>,
+    claim: Mutex<Hold>,
     /// Cancelled at session end; ends every wait still running.
     closed: CancellationToken,
 }
 
+/// Whether this session holds its line.
+enum Hold {
+    /// Not requested yet, or the last request failed (busy, chip missing): the next call tries.
+    NotYet,
+    /// Requested; `prepared` once the session-start step (initial value, edge reader) ran.
+    Requested { claim: Arc<Claim>, prepared: bool },
+    /// Given back at the end of the session.
+    Released,
+}
+
 impl GpioLine {
-    /// Requests the line (see [`Claim::acquire`]).
-    pub fn open(kind: Kind, spec: Arc<LineSpec>) -> Result<Self, DriverError> {
-        let claim = Claim::acquire(&spec)?;
-        tracing::debug!(line = %claim.describe(), entry = %spec.entry, "GPIO line requested");
-        Ok(Self {
+    /// A driver that requests its line at session start, or at the first call after that
+    /// failed.
+    pub fn new(kind: Kind, spec: Arc<LineSpec>) -> Self {
+        Self {
             kind,
             spec,
-            claim: Mutex::new(Some(claim)),
+            claim: Mutex::new(Hold::NotYet),
             closed: CancellationToken::new(),
-        })
+        }
     }
 
+    /// A driver holding its line already, as it was (see [`Claim::acquire`]); [`Driver::reset`]
+    /// then does the session-start step.
+    pub fn open(kind: Kind, spec: Arc<LineSpec>) -> Result<Self, DriverError> {
+        let line = Self::new(kind, spec);
+        let claim = line.request()?;
+        *line.held() = Hold::Requested {
+            claim,
+            prepared: false,
+        };
+        Ok(line)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Hold> {
+        self.claim.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn request(&self) -> Result<Arc<Claim>, DriverError> {
+        let claim = Claim::acquire(&self.spec)?;
+        tracing::debug!(line = %claim.describe(), entry = %self.spec.entry, "GPIO line requested");
+        Ok(claim)
+    }
+
+    /// The session's claim, requesting the line first (and doing the session-start step) if
+    /// this session does not hold it yet: a line that was busy or whose chip was missing is
+    /// tried again at every call.
     fn claim(&self) -> Result<Arc<Claim>, DriverError> {
-        self.claim
-            .lock()
-            .ok()
-            .and_then(|c| c.clone())
-            .ok_or_else(|| {
-                DriverError::Failed(format!(
+        let mut held = self.held();
+        match &*held {
+            Hold::Requested { claim, .. } => return Ok(claim.clone()),
+            Hold::Released => {
+                return Err(DriverError::Failed(format!(
                     "GPIO line {} was released at the end of the session",
                     self.spec.line
-                ))
-            })
+                )))
+            }
+            Hold::NotYet => {}
+        }
+        let claim = self.request()?;
+        self.prepare(&claim)?;
+        *held = Hold::Requested {
+            claim: claim.clone(),
+            prepared: true,
+        };
+        Ok(claim)
+    }
+
+    /// The session-start step for a freshly requested line: outputs go to their initial value,
+    /// inputs start reading edges.
+    fn prepare(&self, claim: &Claim) -> Result<(), DriverError> {
+        match self.kind {
+            Kind::DigitalInput => {
+                // A chip that is gone at session start is reported by the calls that meet it.
+                if let Err(e) = claim.start_edges() {
+                    tracing::warn!(line = %claim.describe(), "{e}");
+                }
+            }
+            Kind::DigitalOutput | Kind::PowerSwitch => {
+                claim.drive_initial()?;
+                tracing::debug!(line = %claim.describe(), "GPIO output at its initial value");
+            }
+        }
+        Ok(())
     }
 
     fn set(&self, method: &str, active: bool) -> Result<Json, DriverError> {
@@ -381,26 +443,25 @@ impl Driver for GpioLine {
     }
 
     async fn reset(&self) -> Result<(), DriverError> {
-        let claim = self.claim()?;
-        match self.kind {
-            Kind::DigitalInput => {
-                // A chip that is gone at session start is reported by the calls that meet it.
-                if let Err(e) = claim.start_edges() {
-                    tracing::warn!(line = %claim.describe(), "{e}");
-                }
+        let mut held = self.held();
+        if let Hold::Requested { claim, prepared } = &mut *held {
+            if !*prepared {
+                self.prepare(claim)?;
+                *prepared = true;
             }
-            Kind::DigitalOutput | Kind::PowerSwitch => {
-                claim.drive_initial()?;
-                tracing::debug!(line = %claim.describe(), "GPIO output at its initial value");
-            }
+            return Ok(());
         }
-        Ok(())
+        drop(held);
+        self.claim().map(|_| ())
     }
 
     async fn close(&self) {
         self.closed.cancel();
-        let claim = self.claim.lock().ok().and_then(|mut c| c.take());
-        if let Some(claim) = claim {
+        let held = {
+            let mut held = self.claim.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *held, Hold::Released)
+        };
+        if let Hold::Requested { claim, .. } = held {
             claim.release().await;
         }
     }

@@ -57,18 +57,21 @@ impl DriverSpec for SerialSpec {
         CLIENT
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
+    fn start(&self) {
         if let Some(port) = &self.port {
-            // The device is opened at exporter start (the first session), not at first use,
-            // unless the config asks for lazy opening.
+            // The owner opens the device now, at exporter start, unless the config asks for
+            // lazy opening; its console capture runs from here on, leased or not.
             port.start();
         }
-        Ok(Box::new(PySerial {
+    }
+
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(PySerial {
             config: self.config.clone(),
             port: self.port.clone(),
             session: CancellationToken::new(),
             newest: Mutex::new(None),
-        }))
+        })
     }
 }
 
@@ -109,7 +112,7 @@ impl Driver for PySerial {
                 } else {
                     Line::Rts
                 };
-                match &self.port {
+                match self.port() {
                     // A loop has no modem lines; pyserial's loop handler ignores them.
                     None => {}
                     Some(port) => port.set_line(line, level).await?,
@@ -122,7 +125,7 @@ impl Driver for PySerial {
 
     async fn connect(&self, _method: &str) -> Result<BoxedIo, DriverError> {
         let closed = self.session.child_token();
-        let io = match &self.port {
+        let io = match self.port() {
             None => {
                 let echo = crate::mock::echo_stream(closed.clone());
                 match self.config.cps {
@@ -137,8 +140,23 @@ impl Driver for PySerial {
         Ok(io)
     }
 
+    async fn reset(&self) -> Result<(), DriverError> {
+        self.port();
+        Ok(())
+    }
+
     async fn close(&self) {
         self.session.cancel();
+    }
+}
+
+impl PySerial {
+    /// The device's owner, started if the exporter did not start it yet (a session's first
+    /// use of a port that was not started with the exporter).
+    fn port(&self) -> Option<&Arc<Port>> {
+        let port = self.port.as_ref()?;
+        port.start();
+        Some(port)
     }
 }
 

@@ -129,8 +129,7 @@ fn unavailable(r: Result<BoxedIo, DriverError>) -> String {
 async fn loop_echoes_per_stream_and_close_ends_the_newest() {
     let driver = spec(&yaml::parse("url: loop://\n").unwrap(), "c")
         .unwrap()
-        .build()
-        .unwrap();
+        .build();
     let mut first = driver.connect("connect").await.unwrap();
     let mut io = driver.connect("connect").await.unwrap();
     io.write_all(b"login: ").await.unwrap();
@@ -155,7 +154,7 @@ async fn loop_echoes_per_stream_and_close_ends_the_newest() {
 #[tokio::test]
 async fn two_streams_see_everything_and_both_write() {
     let board = Board::new();
-    let driver = serial(&board.path, "").build().unwrap();
+    let driver = serial(&board.path, "").build();
     let mut a = driver.connect("connect").await.unwrap();
     let mut b = driver.connect("connect").await.unwrap();
     a.write_all(b"from a\n").await.unwrap();
@@ -171,7 +170,7 @@ async fn two_streams_see_everything_and_both_write() {
 #[tokio::test]
 async fn a_single_slow_stream_paces_the_device_and_loses_nothing() {
     let board = std::sync::Arc::new(Board::new());
-    let driver = serial(&board.path, "").build().unwrap();
+    let driver = serial(&board.path, "").build();
     let mut io = driver.connect("connect").await.unwrap();
     let data = pattern(4 << 20);
     let sender = {
@@ -189,7 +188,7 @@ async fn a_single_slow_stream_paces_the_device_and_loses_nothing() {
 #[tokio::test]
 async fn a_stream_that_cannot_keep_up_is_dropped_and_the_others_go_on() {
     let board = std::sync::Arc::new(Board::new());
-    let driver = serial(&board.path, "").build().unwrap();
+    let driver = serial(&board.path, "").build();
     let mut stuck = driver.connect("connect").await.unwrap();
     let mut reader = driver.connect("connect").await.unwrap();
     let data = pattern(3 << 20);
@@ -223,7 +222,7 @@ async fn absent_then_present_then_gone_then_back_behind_the_same_link() {
     let by_id = dir.path().join("by-id");
     std::fs::create_dir(&by_id).unwrap();
     let link = by_id.join("usb-Test_Board_1234-if00-port0");
-    let driver = serial(&link, "").build().unwrap();
+    let driver = serial(&link, "").build();
 
     let m = unavailable(driver.connect("connect").await);
     assert!(
@@ -259,9 +258,9 @@ async fn absent_then_present_then_gone_then_back_behind_the_same_link() {
 #[tokio::test]
 async fn the_port_is_held_exclusively() {
     let board = Board::new();
-    let first = serial(&board.path, "").build().unwrap();
+    let first = serial(&board.path, "").build();
     let _io = first.connect("connect").await.unwrap();
-    let second = serial(&board.path, "").build().unwrap();
+    let second = serial(&board.path, "").build();
     let m = unavailable(second.connect("connect").await);
     assert!(m.contains("in use by another process"), "{m}");
     assert!(m.contains(&board.path.display().to_string()), "{m}");
@@ -271,7 +270,7 @@ async fn the_port_is_held_exclusively() {
 async fn close_ends_the_newest_stream_and_the_session_end_ends_all() {
     let board = Board::new();
     let spec = serial(&board.path, "");
-    let driver = spec.build().unwrap();
+    let driver = spec.build();
     let mut older = driver.connect("connect").await.unwrap();
     let mut newest = driver.connect("connect").await.unwrap();
     driver.call("close", vec![]).await.unwrap();
@@ -281,7 +280,7 @@ async fn close_ends_the_newest_stream_and_the_session_end_ends_all() {
     driver.close().await;
     read_to_end(&mut older).await.unwrap();
     // The port stays open for the next session, which builds a fresh driver from the spec.
-    let next = spec.build().unwrap();
+    let next = spec.build();
     let mut again = next.connect("connect").await.unwrap();
     board.write_all(b"next\n").await;
     read_until(&mut again, b"next\n").await;
@@ -290,7 +289,7 @@ async fn close_ends_the_newest_stream_and_the_session_end_ends_all() {
 #[tokio::test]
 async fn handed_over_bytes_reach_the_device_after_the_stream_ends() {
     let board = Board::new();
-    let driver = serial(&board.path, "").build().unwrap();
+    let driver = serial(&board.path, "").build();
     let mut io = driver.connect("connect").await.unwrap();
     let data = pattern(200 * 1024);
     io.write_all(&data).await.unwrap();
@@ -302,7 +301,7 @@ async fn handed_over_bytes_reach_the_device_after_the_stream_ends() {
 #[tokio::test]
 async fn cps_paces_what_reaches_the_device() {
     let board = Board::new();
-    let driver = serial(&board.path, "cps: 400\n").build().unwrap();
+    let driver = serial(&board.path, "cps: 400\n").build();
     let mut io = driver.connect("connect").await.unwrap();
     let start = Instant::now();
     io.write_all(&[b'a'; 100]).await.unwrap();
@@ -326,7 +325,8 @@ async fn the_console_is_captured_with_nobody_attached() {
             log.display()
         ),
     );
-    let _driver = spec.build().unwrap();
+    // Started with the exporter: capture runs with no session at all.
+    spec.start();
     let data = pattern(10_000);
     board.write_all(&data).await;
     let rotated = dir.path().join("console.log.1");
@@ -355,7 +355,7 @@ async fn the_console_is_captured_with_nobody_attached() {
 #[tokio::test]
 async fn set_dtr_acts_on_the_open_port() {
     let board = Board::new();
-    let driver = serial(&board.path, "").build().unwrap();
+    let driver = serial(&board.path, "").build();
     let _io = driver.connect("connect").await.unwrap();
     // A pseudo-terminal has no modem lines: the kernel's answer proves the call reached the
     // open port (a second open would have been refused as busy).
@@ -377,10 +377,9 @@ async fn socket_urls_are_shared_and_reconnect() {
     use tokio::net::TcpListener;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("socket://{}", listener.local_addr().unwrap());
-    let driver = spec(&yaml::parse(&format!("url: '{url}'\n")).unwrap(), "c")
-        .unwrap()
-        .build()
-        .unwrap();
+    let spec = spec(&yaml::parse(&format!("url: '{url}'\n")).unwrap(), "c").unwrap();
+    spec.start();
+    let driver = spec.build();
     let (mut server, _) = timeout(T, listener.accept()).await.unwrap().unwrap();
     let mut a = driver.connect("connect").await.unwrap();
     let mut b = driver.connect("connect").await.unwrap();
@@ -416,8 +415,7 @@ async fn an_unreachable_socket_is_unavailable() {
         "c",
     )
     .unwrap()
-    .build()
-    .unwrap();
+    .build();
     let m = unavailable(driver.connect("connect").await);
     assert!(
         m.contains(&format!("socket://{addr}")) && m.contains("ser2net"),
@@ -436,7 +434,7 @@ async fn the_port_is_raw_8n1_at_the_baudrate_and_hupcl_follows_the_config() {
     };
     let board = Board::new();
     with_hupcl(&board);
-    let driver = serial(&board.path, "baudrate: 9600\n").build().unwrap();
+    let driver = serial(&board.path, "baudrate: 9600\n").build();
     let _io = driver.connect("connect").await.unwrap();
     let t = tcgetattr(&board.slave).unwrap();
     assert_eq!(t.output_speed(), 9600);
@@ -457,9 +455,7 @@ async fn the_port_is_raw_8n1_at_the_baudrate_and_hupcl_follows_the_config() {
 
     let board = Board::new();
     with_hupcl(&board);
-    let driver = serial(&board.path, "disable_hupcl: true\n")
-        .build()
-        .unwrap();
+    let driver = serial(&board.path, "disable_hupcl: true\n").build();
     let _io = driver.connect("connect").await.unwrap();
     let t = tcgetattr(&board.slave).unwrap();
     assert!(
@@ -474,7 +470,7 @@ async fn check_present_false_opens_at_the_first_connect_and_keeps_it_open() {
     use rustix::fs::{flock, FlockOperation};
     let board = Board::new();
     let spec = serial(&board.path, "check_present: false\n");
-    let driver = spec.build().unwrap();
+    let driver = spec.build();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Nobody holds the lock: the device was not opened at start.
     flock(&board.slave, FlockOperation::NonBlockingLockExclusive).expect("not opened yet");
@@ -488,7 +484,8 @@ async fn check_present_false_opens_at_the_first_connect_and_keeps_it_open() {
     );
     // An eager (default) port is held from the start, with no client at all.
     let board = Board::new();
-    let _eager = serial(&board.path, "").build().unwrap();
+    let eager = serial(&board.path, "");
+    eager.start();
     let deadline = Instant::now() + T;
     while flock(&board.slave, FlockOperation::NonBlockingLockExclusive).is_ok() {
         flock(&board.slave, FlockOperation::Unlock).unwrap();
@@ -502,7 +499,7 @@ async fn a_path_that_is_not_a_terminal_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-tty");
     std::fs::write(&file, b"").unwrap();
-    let driver = serial(&file, "").build().unwrap();
+    let driver = serial(&file, "").build();
     let m = unavailable(driver.connect("connect").await);
     assert!(m.contains("not a terminal device"), "{m}");
 }
@@ -517,7 +514,7 @@ async fn a_device_removed_during_a_write_fails_the_writer_and_counts_what_was_lo
     let link = dir.path().join("usb-Test_Board_1234-if00-port0");
     let board = Board::new();
     std::os::unix::fs::symlink(&board.path, &link).unwrap();
-    let driver = serial(&link, "").build().unwrap();
+    let driver = serial(&link, "").build();
     let io = driver.connect("connect").await.expect("present");
     let (mut reader, mut writer) = tokio::io::split(io);
 

@@ -302,10 +302,10 @@ impl DriverSpec for HubPortSpec {
         crate::POWER_CLIENT
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
-        Ok(Box::new(UsbHubPort {
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(UsbHubPort {
             inner: self.inner.clone(),
-        }))
+        })
     }
 }
 
@@ -1129,7 +1129,7 @@ mod tests {
         );
         let spec = spec(&yaml::parse(&src).unwrap(), "export.hub.config").unwrap();
         assert_eq!(spec.client(), crate::POWER_CLIENT);
-        let d = spec.build().unwrap();
+        let d = spec.build();
         d.call("off", vec![]).await.unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
         let sent: Vec<&str> = text.lines().filter(|l| l.contains("control-out")).collect();
@@ -1141,7 +1141,7 @@ mod tests {
             ]
         );
         // A second session's driver shares the simulated hardware.
-        spec.build().unwrap().call("on", vec![]).await.unwrap();
+        spec.build().call("on", vec![]).await.unwrap();
         for (kind, expected) in [
             ("ignores", "ignored the request"),
             ("ganged", "ganged"),
@@ -1158,10 +1158,7 @@ mod tests {
     }
 
     fn spec_build(src: &str) -> Box<dyn Driver> {
-        spec(&yaml::parse(src).unwrap(), "p")
-            .unwrap()
-            .build()
-            .unwrap()
+        spec(&yaml::parse(src).unwrap(), "p").unwrap().build()
     }
 
     #[test]

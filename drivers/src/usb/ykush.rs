@@ -2,9 +2,9 @@
 //! except that `read` is a streaming call answering UNIMPLEMENTED (upstream exports it as a
 //! plain call, so the client's `read()` gets NOT_FOUND).
 //!
-//! The board is found when each session's driver is built, as upstream does in its
-//! constructor (no board: `failed to find ykush device`); each command then opens it again by
-//! serial, claims interface 0 (taking it from usbhid meanwhile), writes one 64-byte report
+//! The board is looked up at every command (upstream looks once, in its constructor, and a
+//! missing board fails the whole exporter there): no board is UNAVAILABLE `failed to find
+//! ykush device ...` for that call only. Each command opens it by serial, claims interface 0 (taking it from usbhid meanwhile), writes one 64-byte report
 //! whose byte 0 is the command to the OUT endpoint and reads the 64-byte answer from the IN
 //! endpoint, 2 s each. The answer is not interpreted, as upstream.
 //!
@@ -176,15 +176,43 @@ impl DriverSpec for YkushSpec {
         crate::POWER_CLIENT
     }
 
-    fn build(&self) -> Result<Box<dyn Driver>, DriverError> {
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(Ykush {
+            inner: Arc::new(Board {
+                serial: self.serial.clone(),
+                location: Mutex::new(None),
+                port: self.port,
+                initial: self.initial,
+                bus: self.bus.clone(),
+            }),
+        })
+    }
+}
+
+/// The board one session's driver talks to.
+struct Board {
+    serial: Option<String>,
+    /// Where a board without a configured serial was found first; it is found there again.
+    location: Mutex<Option<String>>,
+    port: Port,
+    initial: Initial,
+    bus: Arc<dyn UsbBus>,
+}
+
+impl Board {
+    /// Finds the board among those connected now, as upstream's constructor does (no board:
+    /// `failed to find ykush device`); without a configured serial, the first one found,
+    /// remembered for the rest of the session.
+    fn find(&self) -> Result<DeviceInfo, DriverError> {
         let not_found = |detail: String| {
             DriverError::Unavailable(format!("failed to find ykush device: {detail}"))
         };
         let found = boards(self.bus.as_ref()).map_err(|e| not_found(e.to_string()))?;
-        let board = match &self.serial {
-            Some(serial) => found
+        if let Some(serial) = &self.serial {
+            return found
                 .iter()
                 .find(|d| d.serial.as_deref() == Some(serial.as_str()))
+                .cloned()
                 .ok_or_else(|| {
                     let seen: Vec<String> = found
                         .iter()
@@ -195,59 +223,47 @@ impl DriverSpec for YkushSpec {
                     } else {
                         format!("none with serial {serial}; found {}", seen.join(", "))
                     })
-                })?,
-            None => {
-                let board = found
-                    .first()
-                    .ok_or_else(|| not_found(format!("no {VID:04x}:{PID:04x} is connected")))?;
-                tracing::warn!(
-                    "No serial number provided for ykush, using the first one found: {}",
-                    board.serial.as_deref().unwrap_or("(none)")
-                );
-                board
-            }
-        };
-        Ok(Box::new(Ykush {
-            inner: Arc::new(Board {
-                serial: board.serial.clone(),
-                location: board.location(),
-                port: self.port,
-                initial: self.initial,
-                bus: self.bus.clone(),
-            }),
-        }))
+                });
+        }
+        let mut location = self.location.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = location.as_deref() {
+            return found
+                .iter()
+                .find(|d| d.location() == at)
+                .cloned()
+                .ok_or_else(|| {
+                    DriverError::Unavailable(format!("ykush {at} is gone (unplugged?)"))
+                });
+        }
+        let board = found
+            .first()
+            .cloned()
+            .ok_or_else(|| not_found(format!("no {VID:04x}:{PID:04x} is connected")))?;
+        tracing::warn!(
+            "No serial number provided for ykush, using the first one found: {}",
+            board.serial.as_deref().unwrap_or("(none)")
+        );
+        *location = Some(board.location());
+        Ok(board)
     }
-}
 
-/// The board one session's driver talks to.
-struct Board {
-    serial: Option<String>,
-    /// Where it was found; used to find it again when it has no serial.
-    location: String,
-    port: Port,
-    initial: Initial,
-    bus: Arc<dyn UsbBus>,
-}
-
-impl Board {
-    fn name(&self) -> &str {
-        self.serial.as_deref().unwrap_or(&self.location)
+    fn name(&self) -> String {
+        match (
+            &self.serial,
+            self.location.lock().ok().and_then(|l| l.clone()),
+        ) {
+            (Some(serial), _) => serial.clone(),
+            (None, Some(at)) => at,
+            (None, None) => "(first found)".into(),
+        }
     }
 
     fn send(&self, command: u8) -> Result<(), DriverError> {
         let _one_at_a_time = BOARD_IO.lock().unwrap_or_else(|e| e.into_inner());
-        let what = format!("ykush {}", self.name());
-        let found = boards(self.bus.as_ref()).map_err(|e| device_error(&what, None, e))?;
-        let device = found
-            .iter()
-            .find(|d| match &self.serial {
-                Some(s) => d.serial.as_deref() == Some(s.as_str()),
-                None => d.location() == self.location,
-            })
-            .ok_or_else(|| DriverError::Unavailable(format!("{what} is gone (unplugged?)")))?;
+        let device = self.find()?;
         let what = format!("ykush {} ({})", self.name(), device.describe());
-        let usb_error = |e: UsbError| device_error(&what, Some(device), e);
-        let mut handle = self.bus.open(device).map_err(usb_error)?;
+        let usb_error = |e: UsbError| device_error(&what, Some(&device), e);
+        let mut handle = self.bus.open(&device).map_err(usb_error)?;
         let endpoints = handle.claim_interface(0).map_err(usb_error)?;
         let (Some(out), Some(input)) = (
             endpoints.iter().find(|e| !e.is_in()),
@@ -372,7 +388,7 @@ mod tests {
         let bus = FakeBus::new();
         bus.add(board("YK1", "1-2"));
         bus.add(board("YK2", "1-3"));
-        let d = spec_on("serial: YK2\nport: \"2\"\n", &bus).build().unwrap();
+        let d = spec_on("serial: YK2\nport: \"2\"\n", &bus).build();
         d.call("off", vec![]).await.unwrap();
         assert_eq!(bus.ykush_ports("1-3"), Some([true, false, true]));
         assert_eq!(bus.ykush_ports("1-2"), Some([true, true, true]));
@@ -402,7 +418,7 @@ mod tests {
                 },
             ]
         );
-        let d = spec_on("serial: YK1\n", &bus).build().unwrap();
+        let d = spec_on("serial: YK1\n", &bus).build();
         d.call("off", vec![]).await.unwrap();
         assert_eq!(bus.ykush_ports("1-2"), Some([false; 3]));
         assert_eq!(
@@ -420,22 +436,20 @@ mod tests {
         let bus = FakeBus::new();
         bus.add(board("YK1", "1-2"));
         let spec = spec_on("serial: YK1\nport: \"1\"\n", &bus);
-        spec.build().unwrap().reset().await.unwrap();
+        spec.build().reset().await.unwrap();
         assert_eq!(bus.ykush_ports("1-2"), Some([false, true, true]));
-        spec.build().unwrap().call("on", vec![]).await.unwrap();
-        spec.build().unwrap().reset().await.unwrap();
+        spec.build().call("on", vec![]).await.unwrap();
+        spec.build().reset().await.unwrap();
         assert_eq!(bus.ykush_ports("1-2"), Some([false, true, true]));
         bus.take_transfers();
         spec_on("serial: YK1\ndefault: keep\n", &bus)
             .build()
-            .unwrap()
             .reset()
             .await
             .unwrap();
         assert!(bus.transfers().is_empty());
         spec_on("serial: YK1\ndefault: on\n", &bus)
             .build()
-            .unwrap()
             .reset()
             .await
             .unwrap();
@@ -443,22 +457,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finding_the_board() {
+    async fn finding_the_board_at_every_call() {
         let bus = FakeBus::new();
-        let e = spec_on("{}", &bus).build().err().unwrap();
+        // Building never looks for the board: a missing one fails its calls only.
+        let d = spec_on("{}", &bus).build();
+        let e = d.reset().await.unwrap_err();
         assert!(matches!(e, DriverError::Unavailable(_)));
         assert_eq!(
             e.to_string(),
-            "failed to find ykush device: no 04d8:f2f7 is connected"
+            "cannot switch port all off: failed to find ykush device: no 04d8:f2f7 is connected; the board is looked up again at every call, so this works as soon as it is back"
         );
         bus.add(board("YK1", "1-2"));
-        let e = spec_on("serial: YK9\n", &bus).build().err().unwrap();
-        assert_eq!(
-            e.to_string(),
-            "failed to find ykush device: none with serial YK9; found YK1"
+        let e = spec_on("serial: YK9\n", &bus)
+            .build()
+            .call("on", vec![])
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("failed to find ykush device: none with serial YK9; found YK1"),
+            "{e}"
         );
-        // No serial: the first board (upstream warns and uses it).
-        let d = spec_on("port: \"3\"\n", &bus).build().unwrap();
+        // The first driver finds the board now that it is there (upstream warns and uses the
+        // first one when no serial is configured).
+        d.call("on", vec![]).await.unwrap();
+        assert_eq!(bus.ykush_ports("1-2"), Some([true; 3]));
+        let d = spec_on("port: \"3\"\n", &bus).build();
         d.call("off", vec![]).await.unwrap();
         assert_eq!(bus.ykush_ports("1-2"), Some([true, true, false]));
     }
@@ -467,7 +491,7 @@ mod tests {
     async fn permission_and_unplug_errors_name_the_board() {
         let bus = FakeBus::new();
         bus.add(board("YK1", "1-2").with_fault(Fault::Denied));
-        let d = spec_on("serial: YK1\n", &bus).build().unwrap();
+        let d = spec_on("serial: YK1\n", &bus).build();
         let e = d.call("on", vec![]).await.unwrap_err().to_string();
         assert!(
             e.starts_with("permission denied opening ykush YK1 (1-2 (04d8:f2f7, bus 1 address 9)) (/dev/bus/usb/001/009): install udev/60-jmp-exporter-usb.rules"),
@@ -482,8 +506,9 @@ mod tests {
         let e = d.call("on", vec![]).await.unwrap_err();
         assert_eq!(
             e.to_string(),
-            "cannot switch port all on: ykush YK1 is gone (unplugged?); the board is looked up \
-             again at every call, so this works as soon as it is back"
+            "cannot switch port all on: failed to find ykush device: none with serial YK1 is \
+             connected; the board is looked up again at every call, so this works as soon as it \
+             is back"
         );
         // Plugged back in (at another place): found by its serial, no new driver needed.
         bus.add(board("YK1", "1-4"));
@@ -504,7 +529,7 @@ mod tests {
         );
         let s = spec(&yaml::parse(&src).unwrap(), "p").unwrap();
         assert_eq!(s.client(), crate::POWER_CLIENT);
-        let d = s.build().unwrap();
+        let d = s.build();
         d.reset().await.unwrap();
         d.call("on", vec![]).await.unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
@@ -519,7 +544,7 @@ mod tests {
             ]
         );
         let s = spec(&yaml::parse("fake: {fault: denied}\n").unwrap(), "p").unwrap();
-        let e = s.build().unwrap().call("off", vec![]).await.unwrap_err();
+        let e = s.build().call("off", vec![]).await.unwrap_err();
         assert!(e.to_string().contains("permission denied"), "{e}");
     }
 
@@ -530,8 +555,7 @@ mod tests {
         rt.block_on(async {
             let d = spec(&yaml::parse("default: keep\n").unwrap(), "p")
                 .unwrap()
-                .build()
-                .unwrap();
+                .build();
             d.call("off", vec![]).await.unwrap();
             d.call("on", vec![]).await.unwrap();
         });
