@@ -489,8 +489,9 @@ async fn tunnel_channel(router: &RouterAccess) -> Channel {
         }
     };
     let channel = controller::channel(&dialled.router_endpoint, tls, &options).unwrap();
-    let (tunnel, _ended) = jmp_exporter::tunnel::Tunnel::open(channel, &dialled.router_token)
-        .expect("open the tunnel");
+    let (tunnel, _ended) =
+        jmp_exporter::controller::tunnel::Tunnel::open(channel, &dialled.router_token)
+            .expect("open the tunnel");
     jmp_testkit::client::channel_over(tunnel).await
 }
 

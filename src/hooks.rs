@@ -19,7 +19,7 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use rustix::pty::OpenptFlags;
 
 use crate::config::{Hook, Hooks};
-use crate::lease::HookKind;
+use crate::controller::lifecycle::HookKind;
 
 /// Log targets whose records clients get with the hook log sources.
 pub const BEFORE_TARGET: &str = "jmp_hook::before_lease";

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use jmp_exporter::config::{self, Secret};
-use jmp_exporter::exporter::Exit;
+use jmp_exporter::controller::runner::Exit;
 use jmp_exporter::signal::Stop;
 use jmp_exporter::standalone::{self, Listeners};
 
@@ -237,7 +237,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let stop = Stop::from_signals();
         jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
         if controller_mode {
-            jmp_exporter::exporter::run(loaded.config, stop)
+            jmp_exporter::controller::runner::run(loaded.config, stop)
                 .await
                 .map_err(anyhow::Error::from)
         } else {

@@ -12,10 +12,10 @@ use tokio_rustls::TlsAcceptor;
 use uuid::Uuid;
 
 use crate::config::{ExporterConfig, Secret};
-use crate::exporter::Exit;
+use crate::controller::lifecycle::{Effect, Event, HookPlan, Lifecycle};
+use crate::controller::runner::Exit;
 use crate::hooks;
 use crate::host::{HostError, SessionHost};
-use crate::lease::{Effect, Event, HookPlan, Lifecycle};
 use crate::server;
 use crate::signal::Stop;
 use crate::systemd;

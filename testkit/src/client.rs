@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::FakeController;
 use jmp_exporter::config::TlsConfig;
+use jmp_exporter::controller::tunnel;
 use jmp_exporter::controller::{self, ChannelOptions};
 use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_exporter::proto::GetReportResponse;
-use jmp_exporter::tunnel;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use jmp_exporter::config;
+use jmp_exporter::controller::tunnel;
+use jmp_exporter::frame;
 use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_exporter::proto::router_service_client::RouterServiceClient;
 use jmp_exporter::proto::{DriverCallRequest, FrameType, StreamingDriverCallRequest};
 use jmp_exporter::standalone::{self, Listeners};
-use jmp_exporter::{frame, tunnel};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 

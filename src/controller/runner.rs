@@ -24,10 +24,13 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::ExporterConfig;
+use crate::controller::lifecycle::{
+    Effect, Event, HookKind, HookPlan, LeaseState, Lifecycle, SHUTDOWN_MESSAGE,
+};
+use crate::controller::tunnel;
 use crate::controller::{self, ChannelOptions, ControllerError, Identity};
 use crate::hooks;
 use crate::host::SessionHost;
-use crate::lease::{Effect, Event, HookKind, HookPlan, LeaseState, Lifecycle, SHUTDOWN_MESSAGE};
 use crate::proto::controller_service_client::ControllerServiceClient;
 use crate::proto::{
     ExporterStatus, ListenRequest, RegisterRequest, ReleaseLeaseRequest, ReportStatusRequest,
@@ -38,7 +41,6 @@ use crate::session::status_name;
 use crate::signal::Stop;
 use crate::systemd;
 use crate::tree::Layout;
-use crate::tunnel;
 
 /// Time allowed for OFFLINE and Unregister on the way out.
 const GOODBYE_BUDGET: Duration = Duration::from_secs(10);
