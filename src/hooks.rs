@@ -19,7 +19,6 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use rustix::pty::OpenptFlags;
 
 use crate::config::{Hook, Hooks};
-use crate::controller::lifecycle::HookKind;
 
 /// Log targets whose records clients get with the hook log sources.
 pub const BEFORE_TARGET: &str = "jmp_hook::before_lease";
@@ -32,6 +31,22 @@ const DRAIN: Duration = Duration::from_secs(1);
 
 /// Environment variables the exporter holds that a hook must not inherit.
 const SECRET_ENV: &[&str] = &["JMP_EXPORTER_PASSPHRASE", "JMP_GRPC_PASSPHRASE"];
+
+/// Which hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    BeforeLease,
+    AfterLease,
+}
+
+impl HookKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::BeforeLease => "beforeLease",
+            HookKind::AfterLease => "afterLease",
+        }
+    }
+}
 
 /// Where and for whom a hook runs.
 #[derive(Clone, Debug)]
@@ -76,25 +91,24 @@ pub fn command_line(hook: &Hook) -> Option<(OsString, Vec<OsString>)> {
     Some((interpreter, args))
 }
 
-/// Runs the configured hook of `kind` (if any) in the background and hands its outcome, as
-/// the failure text the lease lifecycle reports, to `done`.
-pub fn spawn(
+/// Runs the configured hook of `kind` (if any) and gives its outcome as the failure text the
+/// lease lifecycle reports. The caller owns the run: dropping the future kills the hook's
+/// process (and its timeout handling stops the whole group).
+pub fn outcome(
     hooks: &Hooks,
     kind: HookKind,
     ctx: HookContext,
-    done: impl FnOnce(Result<(), String>) + Send + 'static,
-) {
+) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
     let hook = match kind {
         HookKind::BeforeLease => hooks.before_lease.clone(),
         HookKind::AfterLease => hooks.after_lease.clone(),
     };
-    tokio::spawn(async move {
-        let result = match &hook {
+    async move {
+        match &hook {
             Some(hook) => run(hook, kind, &ctx).await.map_err(|e| e.to_string()),
             None => Ok(()),
-        };
-        done(result);
-    });
+        }
+    }
 }
 
 /// Runs `hook` to completion (or its timeout) and says how it went.
@@ -142,6 +156,12 @@ pub async fn run(hook: &Hook, kind: HookKind, ctx: &HookContext) -> Result<(), H
         move || log_output(master, kind, stop)
     });
 
+    // A run its owner drops (the exporter stopping past its budget) leaves nothing behind.
+    let mut abandoned = Abandoned {
+        group: pid,
+        output: stop_output.clone(),
+        armed: true,
+    };
     let timeout = hook.timeout;
     let outcome = tokio::select! {
         status = child.wait() => Ok(status),
@@ -169,6 +189,7 @@ pub async fn run(hook: &Hook, kind: HookKind, ctx: &HookContext) -> Result<(), H
         stop_output.store(true, Ordering::Relaxed);
         let _ = output.await;
     }
+    abandoned.armed = false;
     match &result {
         Ok(()) => tracing::info!(hook = kind.name(), "{} hook succeeded", kind.name()),
         Err(e) => match kind {
@@ -181,6 +202,25 @@ pub async fn run(hook: &Hook, kind: HookKind, ctx: &HookContext) -> Result<(), H
         },
     }
     result
+}
+
+/// Kills a hook's whole process group and stops its output reader if the run is dropped
+/// before it finished.
+struct Abandoned {
+    group: Option<Pid>,
+    output: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(pid) = self.group {
+                let _ = kill_process_group(pid, Signal::KILL);
+            }
+            self.output.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// SIGTERM to the hook's process group, up to [`KILL_GRACE`] for the hook to go, then

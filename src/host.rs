@@ -31,6 +31,16 @@ pub enum HostError {
     RuntimeDir(std::io::Error),
 }
 
+impl HostError {
+    /// The exit code of a process that could not start serving for this reason.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            HostError::Layout(_) => crate::exit::CONFIG_ERROR,
+            HostError::Listen(_) | HostError::RuntimeDir(_) => crate::exit::UNAVAILABLE,
+        }
+    }
+}
+
 pub struct SessionHost {
     pub session: Arc<Session>,
     /// Feeds client connections (tunnels, listeners) into the session's server.
@@ -54,7 +64,7 @@ impl SessionHost {
         config: &ExporterConfig,
         exporter_uuid: Uuid,
         lease: String,
-        on_end: mpsc::UnboundedSender<String>,
+        on_end: mpsc::Sender<String>,
         passphrase: Option<Secret>,
     ) -> Result<Self, HostError> {
         let tree = DriverTree::build(config)?;

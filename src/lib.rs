@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod edge;
+pub mod exit;
 pub mod frame;
 pub mod fuzzing;
 pub mod hooks;

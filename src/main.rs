@@ -7,12 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use jmp_exporter::config::{self, Secret};
-use jmp_exporter::controller::runner::Exit;
+use jmp_exporter::exit::{Exit, CONFIG_ERROR as EXIT_CONFIG};
 use jmp_exporter::signal::Stop;
 use jmp_exporter::standalone::{self, Listeners};
-
-/// EX_CONFIG from sysexits.h: the unit file refuses to restart on it.
-const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(name = "jmp-exporter", version, about = "Jumpstarter exporter daemon")]
@@ -233,22 +230,25 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let exit = runtime.block_on(async move {
+    // Each failure carries the exit code that tells systemd whether a restart can help.
+    let ended: Result<Exit, (String, u8)> = runtime.block_on(async move {
         let stop = Stop::from_signals();
         jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
         if controller_mode {
             jmp_exporter::controller::runner::run(loaded.config, stop)
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(|e| (e.to_string(), e.exit_code()))
         } else {
             standalone::run(loaded.config, listeners, stop)
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(|e| (e.to_string(), e.exit_code()))
         }
-    })?;
-    Ok(match exit {
-        Exit::Clean => ExitCode::SUCCESS,
-        // A hook with onFailure: exit took the exporter offline; the unit does not restart.
-        Exit::HookFailure => ExitCode::from(1),
+    });
+    Ok(match ended {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err((message, code)) => {
+            eprintln!("jmp-exporter: {message}");
+            ExitCode::from(code)
+        }
     })
 }

@@ -30,7 +30,7 @@ pub struct Session {
     pub lease_name: Option<String>,
     status: Mutex<StatusView>,
     /// Where EndSession goes when a controller link owns the lease's statuses.
-    on_end: Option<mpsc::UnboundedSender<String>>,
+    on_end: Option<mpsc::Sender<String>>,
     /// Strict mode: driver calls only while a lease is active (upstream never enforces this).
     lease_gate: AtomicBool,
 }
@@ -48,7 +48,7 @@ impl Session {
         exporter_uuid: Uuid,
         tree: DriverTree,
         lease_name: String,
-        on_end: mpsc::UnboundedSender<String>,
+        on_end: mpsc::Sender<String>,
     ) -> Arc<Self> {
         Self::build(exporter_uuid, tree, Some(lease_name), Some(on_end))
     }
@@ -57,7 +57,7 @@ impl Session {
         exporter_uuid: Uuid,
         tree: DriverTree,
         lease_name: Option<String>,
-        on_end: Option<mpsc::UnboundedSender<String>>,
+        on_end: Option<mpsc::Sender<String>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             on_end,
@@ -134,7 +134,8 @@ impl Session {
         };
         match &self.on_end {
             Some(link) => {
-                let _ = link.send(lease.clone());
+                // A full queue already holds an end for this lease; one is enough.
+                let _ = link.try_send(lease.clone());
             }
             None => self.set_status(ExporterStatus::Available, AVAILABLE_MESSAGE),
         }
@@ -225,7 +226,7 @@ mod tests {
         let config = crate::config::parse("metadata: {}\n", &|_| None)
             .unwrap()
             .config;
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(1);
         let s = Session::for_lease(
             Uuid::new_v4(),
             DriverTree::build(&config).unwrap(),

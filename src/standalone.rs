@@ -3,17 +3,20 @@
 //! controller lease: the beforeLease hook at start, the afterLease hook at EndSession or
 //! shutdown, whichever comes first. Statuses stay local.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{ExporterConfig, Secret};
 use crate::controller::lifecycle::{Effect, Event, HookPlan, Lifecycle};
-use crate::controller::runner::Exit;
+use crate::exit::Exit;
 use crate::hooks;
 use crate::host::{HostError, SessionHost};
 use crate::server;
@@ -37,13 +40,13 @@ pub struct Running {
     pub tcp_addr: Option<SocketAddr>,
     pub host: SessionHost,
     /// EndSession calls from clients.
-    ends: mpsc::UnboundedReceiver<String>,
+    ends: mpsc::Receiver<String>,
 }
 
 /// Builds the session and binds every listener; serving goes on in the background.
 pub async fn start(config: &ExporterConfig, listeners: Listeners) -> Result<Running, HostError> {
     Layout::of(config)?.start_owners();
-    let (ends_tx, ends) = mpsc::unbounded_channel();
+    let (ends_tx, ends) = mpsc::channel(4);
     let host = SessionHost::start(
         config,
         Uuid::new_v4(),
@@ -89,11 +92,15 @@ pub async fn run(
         after: config.hooks.after_lease.as_ref().map(|h| h.on_failure),
         standalone: true,
     };
+    let (results, done) = mpsc::channel(HOOK_RESULTS);
     let mut machine = Machine {
         config: &config,
         lifecycle: Lifecycle::new(plan),
         host: &running.host,
-        done: mpsc::unbounded_channel(),
+        results,
+        done,
+        hooks: TaskTracker::new(),
+        hooks_stop: CancellationToken::new(),
         exit: Exit::Clean,
         stop: stop.clone(),
     };
@@ -111,7 +118,7 @@ pub async fn run(
             _ = stop.now.cancelled() => break,
             _ = stop.after_lease.cancelled() => break,
             Some(_) = running.ends.recv() => machine.handle(Event::EndSession),
-            Some(event) = machine.done.1.recv() => machine.handle(event),
+            Some(event) = machine.done.recv() => machine.handle(event),
         }
     }
     systemd::stopping();
@@ -131,61 +138,74 @@ pub async fn run(
         + Duration::from_secs(5);
     let _ = tokio::time::timeout(budget, async {
         while machine.lifecycle.busy() {
-            match machine.done.1.recv().await {
+            match machine.done.recv().await {
                 Some(event) => machine.handle(event),
                 None => break,
             }
         }
     })
     .await;
+    // A hook still running past its budget goes now, with its whole process group.
+    machine.hooks_stop.cancel();
+    machine.hooks.close();
+    machine.hooks.wait().await;
     let exit = machine.exit;
     running.host.end().await;
     tracing::info!("stopped");
     Ok(exit)
 }
 
+/// Hook results waiting for the standalone loop.
+const HOOK_RESULTS: usize = 4;
+
 /// Carries out the lifecycle's effects for the standalone session.
 struct Machine<'a> {
     config: &'a ExporterConfig,
     lifecycle: Lifecycle,
     host: &'a SessionHost,
-    done: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    results: mpsc::Sender<Event>,
+    done: mpsc::Receiver<Event>,
+    /// Hook runs, owned here: cancelled and awaited at the end.
+    hooks: TaskTracker,
+    hooks_stop: CancellationToken,
     exit: Exit,
     stop: Stop,
 }
 
 impl Machine<'_> {
     fn handle(&mut self, event: Event) {
-        for effect in self.lifecycle.next(event) {
-            match effect {
-                Effect::Report { status, message } => {
-                    self.host.session.set_status(status, &message)
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for effect in self.lifecycle.next(event) {
+                match effect {
+                    Effect::Report { status, message } => {
+                        self.host.session.set_status(status, &message)
+                    }
+                    Effect::RunHook { kind } => {
+                        let hook =
+                            hooks::outcome(&self.config.hooks, kind, self.host.hook_context(""));
+                        let (results, stop) = (self.results.clone(), self.hooks_stop.clone());
+                        self.hooks.spawn(async move {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                result = hook => {
+                                    let _ = results.send(Event::HookDone(kind, result)).await;
+                                }
+                            }
+                        });
+                    }
+                    // The process is the session, and it is up already.
+                    Effect::StartSession { .. } => events.push_back(Event::SessionStarted),
+                    // Without a controller a release only marks the session's lease ended.
+                    Effect::Release { .. } => events.push_back(Event::Released),
+                    Effect::ExitAfterLease => {
+                        self.exit = Exit::HookFailure;
+                        self.stop.now.cancel();
+                    }
+                    // Served until the process stops; there is no Listen stream or gate:
+                    // clients connect directly.
+                    Effect::OpenListen { .. } | Effect::OpenGate | Effect::EndSession { .. } => {}
                 }
-                Effect::RunHook { kind } => {
-                    let done = self.done.0.clone();
-                    hooks::spawn(
-                        &self.config.hooks,
-                        kind,
-                        self.host.hook_context(""),
-                        move |result| {
-                            let _ = done.send(Event::HookDone(kind, result));
-                        },
-                    );
-                }
-                // Without a controller a release only marks the session's lease ended.
-                Effect::Release { .. } => {
-                    let _ = self.done.0.send(Event::Released);
-                }
-                Effect::ExitAfterLease => {
-                    self.exit = Exit::HookFailure;
-                    self.stop.now.cancel();
-                }
-                // The process is the session: it is served until the process stops, and
-                // there is no Listen stream or gate; clients connect directly.
-                Effect::StartSession { .. }
-                | Effect::OpenListen { .. }
-                | Effect::OpenGate
-                | Effect::EndSession { .. } => {}
             }
         }
     }

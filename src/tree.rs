@@ -482,4 +482,181 @@ mod tests {
         let errors = crate::config::parse(&src, &|_| None).expect_err("refused");
         assert!(errors[0].message.contains("past 4096"), "{}", errors[0]);
     }
+
+    /// A driver with a bug in every path: `call boom`, the second result of `read`, the first
+    /// read of its byte stream; `call on` works.
+    struct Buggy;
+
+    #[async_trait::async_trait]
+    impl Driver for Buggy {
+        fn method(&self, name: &str) -> Option<MethodKind> {
+            match name {
+                "on" | "boom" => Some(MethodKind::Call),
+                "read" => Some(MethodKind::Streaming),
+                "connect" => Some(MethodKind::ByteStream),
+                _ => None,
+            }
+        }
+
+        async fn call(&self, method: &str, _args: Vec<Json>) -> Result<Json, DriverError> {
+            if method == "boom" {
+                let v: Vec<u8> = Vec::new();
+                return Ok(Json::from(v[3]));
+            }
+            Ok(Json::Null)
+        }
+
+        async fn streaming_call(
+            &self,
+            _method: &str,
+            _args: Vec<Json>,
+        ) -> Result<jmp_drivers::ResultStream, DriverError> {
+            let mut n = 0;
+            Ok(Box::pin(futures::stream::poll_fn(move |_| {
+                n += 1;
+                assert!(n < 2, "reading {n} broke");
+                std::task::Poll::Ready(Some(Ok(Json::from(n))))
+            })))
+        }
+
+        async fn connect(&self, _method: &str) -> Result<BoxedIo, DriverError> {
+            struct Broken;
+            impl tokio::io::AsyncRead for Broken {
+                fn poll_read(
+                    self: Pin<&mut Self>,
+                    _: &mut Context<'_>,
+                    _: &mut tokio::io::ReadBuf<'_>,
+                ) -> Poll<std::io::Result<()>> {
+                    panic!("device buffer overrun")
+                }
+            }
+            impl tokio::io::AsyncWrite for Broken {
+                fn poll_write(
+                    self: Pin<&mut Self>,
+                    _: &mut Context<'_>,
+                    b: &[u8],
+                ) -> Poll<std::io::Result<usize>> {
+                    Poll::Ready(Ok(b.len()))
+                }
+                fn poll_flush(
+                    self: Pin<&mut Self>,
+                    _: &mut Context<'_>,
+                ) -> Poll<std::io::Result<()>> {
+                    Poll::Ready(Ok(()))
+                }
+                fn poll_shutdown(
+                    self: Pin<&mut Self>,
+                    _: &mut Context<'_>,
+                ) -> Poll<std::io::Result<()>> {
+                    Poll::Ready(Ok(()))
+                }
+            }
+            Ok(Box::new(Broken))
+        }
+
+        async fn reset(&self) -> Result<(), DriverError> {
+            panic!("reset is broken too")
+        }
+    }
+
+    struct BuggySpec {
+        build_panics: bool,
+    }
+
+    impl DriverSpec for BuggySpec {
+        fn client(&self) -> &'static str {
+            jmp_drivers::POWER_CLIENT
+        }
+
+        fn build(&self) -> Box<dyn Driver> {
+            assert!(!self.build_panics, "cannot build");
+            Box::new(Buggy)
+        }
+    }
+
+    /// `dut.buggy`, `unbuilt` (its build panics) and a working `power`.
+    fn buggy_tree() -> DriverTree {
+        let mut config = crate::config::parse(
+            "metadata: {}\nexport:\n  dut:\n    children:\n      buggy: {type: jumpstarter_driver_power.driver.MockPower}\n  unbuilt: {type: jumpstarter_driver_power.driver.MockPower}\n  power: {type: jumpstarter_driver_power.driver.MockPower}\n",
+            &|_| None,
+        )
+        .unwrap()
+        .config;
+        let set = |e: &mut Entry, build_panics| {
+            e.kind = EntryKind::Driver {
+                type_name: "tests.Buggy".into(),
+                spec: Arc::new(BuggySpec { build_panics }),
+            }
+        };
+        set(&mut config.export[0].children[0], false);
+        set(&mut config.export[1], true);
+        DriverTree::build(&config).unwrap()
+    }
+
+    fn by_name<'a>(t: &'a DriverTree, name: &str) -> &'a DriverRef {
+        t.drivers.values().find(|d| &*d.name == name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_driver_fails_only_the_call_that_met_the_bug() {
+        use futures::StreamExt;
+        use tokio::io::AsyncReadExt;
+        let t = buggy_tree();
+        assert_eq!(
+            t.reset().await,
+            2,
+            "the panicking reset and the unbuilt driver"
+        );
+        let buggy = by_name(&t, "dut.buggy");
+        let power = by_name(&t, "power");
+
+        let e = buggy.call("boom", vec![]).await.unwrap_err();
+        let CallError::Panic(p) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!((&*p.driver, &*p.action), ("dut.buggy", "boom"));
+        assert!(p.detail.contains("index out of bounds"), "{p}");
+        assert_eq!(crate::service::status_of(e).code(), tonic::Code::Internal);
+        // The same driver's other method, and other drivers, go on.
+        assert_eq!(buggy.call("on", vec![]).await.unwrap(), Json::Null);
+        assert_eq!(power.call("on", vec![]).await.unwrap(), Json::Null);
+
+        let results: Vec<_> = buggy
+            .streaming_call("read", vec![])
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(
+            results.len(),
+            2,
+            "one result, then the panic as the stream's error"
+        );
+        assert_eq!(results[0].as_ref().unwrap(), &Json::from(1));
+        assert!(
+            matches!(&results[1], Err(CallError::Panic(p)) if p.detail.starts_with("reading 2 broke"))
+        );
+
+        let mut io = buggy.connect("connect").await.unwrap();
+        let mut buf = [0u8; 4];
+        let e = io.read(&mut buf).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("driver dut.buggy panicked in connect: device buffer overrun"),
+            "{e}"
+        );
+
+        let unbuilt = by_name(&t, "unbuilt");
+        let e = unbuilt.method("on").unwrap_err();
+        let status = crate::service::status_of(e);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .contains("driver unbuilt panicked in build: cannot build"),
+            "{}",
+            status.message()
+        );
+        t.close().await;
+    }
 }

@@ -73,8 +73,6 @@ pub enum ControllerError {
     BadCa(String),
     #[error("the exporter config has no {0}; a controller needs endpoint, token, metadata.namespace and metadata.name")]
     Missing(&'static str),
-    #[error("cannot build the drivers to register: {0}")]
-    Drivers(String),
     #[error("{}", user_message(.0))]
     Call(Box<Status>),
 }

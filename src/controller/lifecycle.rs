@@ -19,6 +19,7 @@
 //!   reported only when no lease is active.
 
 use crate::config::OnFailure;
+pub use crate::hooks::HookKind;
 use crate::proto::ExporterStatus;
 use crate::session::{AVAILABLE_MESSAGE, READY_MESSAGE};
 
@@ -26,22 +27,8 @@ pub const REGISTERED_MESSAGE: &str = "Exporter registered and available";
 pub const SHUTDOWN_MESSAGE: &str = "Exporter shutting down";
 pub const RELEASED_MESSAGE: &str = "Exporter available after lease release";
 pub const WARNING_PREFIX: &str = "[HOOK_WARNING] ";
-
-/// Which hook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookKind {
-    BeforeLease,
-    AfterLease,
-}
-
-impl HookKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            HookKind::BeforeLease => "beforeLease",
-            HookKind::AfterLease => "afterLease",
-        }
-    }
-}
+/// Starts the failure status of a lease whose session could not start.
+pub const SESSION_FAILED_PREFIX: &str = "Cannot serve this lease: ";
 
 /// Which hooks are configured, and their `onFailure`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,6 +55,8 @@ pub enum LeaseState {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Before {
+    /// The session is being started; nothing is reported until it is up or has failed.
+    Starting,
     Running,
     Done,
 }
@@ -121,11 +110,16 @@ pub enum Event {
     HookDone(HookKind, Result<(), String>),
     /// The exporter-initiated release finished (whatever its outcome).
     Released,
+    /// The lease's session is up ([`Effect::StartSession`] succeeded).
+    SessionStarted,
+    /// The lease's session could not start at all; the text says why.
+    SessionFailed(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Build a fresh driver tree and session for the lease and serve it.
+    /// Build a fresh driver tree and session for the lease and serve it; report back with
+    /// [`Event::SessionStarted`] or [`Event::SessionFailed`].
     StartSession { lease: String },
     /// Open (or reopen) the lease's Listen stream.
     OpenListen { lease: String },
@@ -219,6 +213,8 @@ impl Lifecycle {
                 self.stopping = true;
                 self.end_of_lease(&mut fx);
             }
+            Event::SessionStarted => self.session_started(&mut fx),
+            Event::SessionFailed(reason) => self.session_failed(&mut fx, &reason),
             Event::HookDone(HookKind::BeforeLease, result) => self.before_done(&mut fx, result),
             Event::HookDone(HookKind::AfterLease, result) => self.after_done(&mut fx, result),
             Event::Released => {
@@ -240,10 +236,38 @@ impl Lifecycle {
         fx.push(Effect::StartSession {
             lease: name.clone(),
         });
-        fx.push(Effect::OpenListen {
-            lease: name.clone(),
+        self.lease = LeaseState::Active(ActiveLease {
+            name,
+            client,
+            before: Before::Starting,
+            after: After::NotStarted,
+            skip_after: false,
+            ended: false,
+            releasing: false,
         });
-        let before = if self.plan.before.is_some() {
+    }
+
+    /// The session is up: Listen, then the beforeLease hook or LEASE_READY.
+    fn session_started(&mut self, fx: &mut Vec<Effect>) {
+        let has_before = self.plan.before.is_some();
+        let LeaseState::Active(lease) = &mut self.lease else {
+            return;
+        };
+        if lease.before != Before::Starting {
+            return;
+        }
+        if lease.after == After::Waiting {
+            // The lease ended while its session was starting: it never becomes ready.
+            lease.before = Before::Done;
+            lease.after = After::NotStarted;
+            self.end_of_lease(fx);
+            return;
+        }
+        fx.push(Effect::OpenListen {
+            lease: lease.name.clone(),
+        });
+        if has_before {
+            lease.before = Before::Running;
             self.report(
                 fx,
                 ExporterStatus::BeforeLeaseHook,
@@ -252,21 +276,36 @@ impl Lifecycle {
             fx.push(Effect::RunHook {
                 kind: HookKind::BeforeLease,
             });
-            Before::Running
         } else {
+            lease.before = Before::Done;
             self.report(fx, ExporterStatus::LeaseReady, READY_MESSAGE);
             fx.push(Effect::OpenGate);
-            Before::Done
+        }
+    }
+
+    /// The session cannot start: the controller is told why (a failure status, so Dials are
+    /// refused at once instead of waiting for a ready that never comes) and the lease is given
+    /// back; no hook runs for it.
+    fn session_failed(&mut self, fx: &mut Vec<Effect>, reason: &str) {
+        let LeaseState::Active(lease) = &mut self.lease else {
+            return;
         };
-        self.lease = LeaseState::Active(ActiveLease {
-            name,
-            client,
-            before,
-            after: After::NotStarted,
-            skip_after: false,
-            ended: false,
-            releasing: false,
-        });
+        if lease.before != Before::Starting {
+            return;
+        }
+        lease.before = Before::Done;
+        lease.after = After::Done;
+        lease.skip_after = true;
+        let (name, ended) = (lease.name.clone(), lease.ended);
+        let message = format!("{SESSION_FAILED_PREFIX}{reason}");
+        self.report(fx, ExporterStatus::BeforeLeaseHookFailed, &message);
+        if ended {
+            self.lease = LeaseState::Idle;
+            self.report(fx, ExporterStatus::Available, AVAILABLE_MESSAGE);
+            fx.push(Effect::EndSession { lease: name });
+        } else {
+            self.push_release(fx);
+        }
     }
 
     fn before_done(&mut self, fx: &mut Vec<Effect>, result: Result<(), String>) {
@@ -355,7 +394,7 @@ impl Lifecycle {
                 return;
             }
         }
-        if lease.before == Before::Running {
+        if matches!(lease.before, Before::Running | Before::Starting) {
             lease.after = After::Waiting;
             return;
         }
@@ -439,7 +478,9 @@ impl Lifecycle {
     /// Whether the end of the current lease is still under way (a hook or a release).
     pub fn busy(&self) -> bool {
         matches!(&self.lease, LeaseState::Active(l)
-            if l.releasing || matches!(l.after, After::Running | After::Waiting) || l.before == Before::Running)
+            if l.releasing
+                || matches!(l.after, After::Running | After::Waiting)
+                || matches!(l.before, Before::Running | Before::Starting))
     }
 
     fn push_release(&mut self, fx: &mut Vec<Effect>) {
@@ -474,6 +515,13 @@ mod tests {
             lease_name: Some(name.into()),
             client_name: Some("client1".into()),
         }
+    }
+
+    /// What a Status `leased` message leads to once the session the runner starts for it is up.
+    fn granted(l: &mut Lifecycle, event: Event) -> Vec<Effect> {
+        let mut fx = l.next(event);
+        fx.extend(l.next(Event::SessionStarted));
+        fx
     }
 
     fn unleased() -> Event {
@@ -542,9 +590,9 @@ mod tests {
         assert_eq!(l.next(unleased()), vec![]);
         let mut want = start("lease-1").to_vec();
         want.extend([report(LeaseReady, READY_MESSAGE), Effect::OpenGate]);
-        assert_eq!(l.next(leased("lease-1")), want);
+        assert_eq!(granted(&mut l, leased("lease-1")), want);
         assert_eq!(
-            l.next(leased("lease-1")),
+            granted(&mut l, leased("lease-1")),
             vec![],
             "a repeat changes nothing"
         );
@@ -559,7 +607,7 @@ mod tests {
     fn without_hooks_end_session_makes_the_exporter_available_once_and_releases_nothing() {
         let mut l = Lifecycle::default();
         l.next(Event::Registered);
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         assert_eq!(
             l.next(Event::EndSession),
             vec![report(Available, AVAILABLE_MESSAGE)]
@@ -577,7 +625,7 @@ mod tests {
     fn re_register_during_a_lease_reports_the_current_status_never_available() {
         let mut l = Lifecycle::default();
         l.next(Event::Registered);
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         assert_eq!(
             l.next(Event::Registered),
             vec![
@@ -585,7 +633,7 @@ mod tests {
                 report(LeaseReady, READY_MESSAGE)
             ]
         );
-        assert_eq!(l.next(leased("l")), vec![]);
+        assert_eq!(granted(&mut l, leased("l")), vec![]);
         l.next(Event::EndSession);
         assert_eq!(
             l.next(Event::Registered),
@@ -600,11 +648,11 @@ mod tests {
     fn a_changed_lease_name_ends_the_old_lease_and_starts_the_new() {
         let mut l = Lifecycle::default();
         l.next(Event::Registered);
-        l.next(leased("old"));
+        granted(&mut l, leased("old"));
         let mut want = vec![end("old")];
         want.extend(start("new"));
         want.extend([report(LeaseReady, READY_MESSAGE), Effect::OpenGate]);
-        assert_eq!(l.next(leased("new")), want);
+        assert_eq!(granted(&mut l, leased("new")), want);
         let empty = Event::Status {
             leased: true,
             lease_name: Some(String::new()),
@@ -621,7 +669,7 @@ mod tests {
             report(BeforeLeaseHook, "Running beforeLease hook"),
             run(HookKind::BeforeLease),
         ]);
-        assert_eq!(l.next(leased("l")), want);
+        assert_eq!(granted(&mut l, leased("l")), want);
         assert_eq!(
             l.next(Event::HookDone(HookKind::BeforeLease, Ok(()))),
             vec![report(LeaseReady, READY_MESSAGE), Effect::OpenGate]
@@ -644,7 +692,7 @@ mod tests {
     #[test]
     fn end_session_with_hooks_releases_the_lease_after_the_hook() {
         let mut l = hooks(None, Some(OnFailure::Warn));
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         l.next(Event::EndSession);
         assert_eq!(
             l.next(Event::HookDone(HookKind::AfterLease, Ok(()))),
@@ -660,7 +708,7 @@ mod tests {
     #[test]
     fn the_controller_ending_the_lease_during_a_release_waits_for_the_release() {
         let mut l = hooks(None, Some(OnFailure::Warn));
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         l.next(Event::EndSession);
         l.next(Event::HookDone(HookKind::AfterLease, Ok(())));
         assert_eq!(l.next(unleased()), vec![], "the release answers first");
@@ -670,7 +718,7 @@ mod tests {
         );
 
         let mut failed_before = hooks(Some(OnFailure::EndLease), None);
-        failed_before.next(leased("l"));
+        granted(&mut failed_before, leased("l"));
         failed_before.next(failed(HookKind::BeforeLease));
         assert_eq!(failed_before.next(unleased()), vec![]);
         assert_eq!(
@@ -686,7 +734,7 @@ mod tests {
     #[test]
     fn hooks_configured_without_after_lease_still_release() {
         let mut l = hooks(Some(OnFailure::Warn), None);
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         l.next(Event::HookDone(HookKind::BeforeLease, Ok(())));
         assert_eq!(
             l.next(Event::EndSession),
@@ -697,7 +745,7 @@ mod tests {
     #[test]
     fn before_lease_failures_follow_on_failure() {
         let mut warn = hooks(Some(OnFailure::Warn), None);
-        warn.next(leased("l"));
+        granted(&mut warn, leased("l"));
         assert_eq!(
             warn.next(failed(HookKind::BeforeLease)),
             vec![
@@ -710,7 +758,7 @@ mod tests {
         );
 
         let mut end_lease = hooks(Some(OnFailure::EndLease), Some(OnFailure::Warn));
-        end_lease.next(leased("l"));
+        granted(&mut end_lease, leased("l"));
         assert_eq!(
             end_lease.next(failed(HookKind::BeforeLease)),
             vec![
@@ -732,7 +780,7 @@ mod tests {
         );
 
         let mut exit = hooks(Some(OnFailure::Exit), Some(OnFailure::Warn));
-        exit.next(leased("l"));
+        granted(&mut exit, leased("l"));
         assert_eq!(
             exit.next(failed(HookKind::BeforeLease)),
             vec![
@@ -771,14 +819,14 @@ mod tests {
             ),
         ] {
             let mut l = hooks(None, Some(policy));
-            l.next(leased("l"));
+            granted(&mut l, leased("l"));
             l.next(Event::EndSession);
             let mut want = vec![report(status, message)];
             want.extend(tail);
             assert_eq!(l.next(failed(HookKind::AfterLease)), want, "{policy:?}");
         }
         let mut exit = hooks(None, Some(OnFailure::Exit));
-        exit.next(leased("l"));
+        granted(&mut exit, leased("l"));
         exit.next(Event::EndSession);
         assert_eq!(
             exit.next(failed(HookKind::AfterLease)),
@@ -800,7 +848,7 @@ mod tests {
     #[test]
     fn a_lease_ending_during_before_lease_waits_then_runs_after_lease_and_never_becomes_ready() {
         let mut l = hooks(Some(OnFailure::Warn), Some(OnFailure::Warn));
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         assert_eq!(l.next(unleased()), vec![], "waits for the running hook");
         assert_eq!(
             l.next(Event::HookDone(HookKind::BeforeLease, Ok(()))),
@@ -818,7 +866,7 @@ mod tests {
     #[test]
     fn shutdown_runs_after_lease_once_and_a_lease_without_client_skips_it() {
         let mut l = hooks(None, Some(OnFailure::Warn));
-        l.next(leased("l"));
+        granted(&mut l, leased("l"));
         assert_eq!(
             l.next(Event::Shutdown),
             vec![
@@ -829,14 +877,73 @@ mod tests {
         assert_eq!(l.next(Event::Shutdown), vec![]);
 
         let mut nameless = hooks(None, Some(OnFailure::Warn));
-        nameless.next(Event::Status {
-            leased: true,
-            lease_name: Some("l".into()),
-            client_name: None,
-        });
+        granted(
+            &mut nameless,
+            Event::Status {
+                leased: true,
+                lease_name: Some("l".into()),
+                client_name: None,
+            },
+        );
         assert_eq!(
             nameless.next(Event::EndSession),
             vec![report(Available, AVAILABLE_MESSAGE), release("l")]
+        );
+    }
+
+    #[test]
+    fn a_session_that_cannot_start_is_reported_failed_released_and_the_next_lease_works() {
+        let mut l = Lifecycle::default();
+        l.next(Event::Registered);
+        assert_eq!(
+            l.next(leased("l1")),
+            vec![Effect::StartSession { lease: "l1".into() }],
+            "nothing is reported before the session is up"
+        );
+        assert!(l.busy());
+        let message = format!("{SESSION_FAILED_PREFIX}no hook socket");
+        assert_eq!(
+            l.next(Event::SessionFailed("no hook socket".into())),
+            vec![report(BeforeLeaseHookFailed, &message), release("l1")],
+            "never LEASE_READY, and the lease is given back even without hooks"
+        );
+        assert_eq!(
+            l.next(Event::SessionStarted),
+            vec![],
+            "late news changes nothing"
+        );
+        assert_eq!(
+            l.next(Event::Released),
+            vec![report(Available, RELEASED_MESSAGE), end("l1")]
+        );
+        assert_eq!(l.lease, LeaseState::Idle);
+        let mut want = start("l2").to_vec();
+        want.extend([report(LeaseReady, READY_MESSAGE), Effect::OpenGate]);
+        assert_eq!(granted(&mut l, leased("l2")), want);
+    }
+
+    #[test]
+    fn a_failed_session_skips_the_hooks_and_a_lease_the_controller_ended_just_goes() {
+        let mut l = hooks(Some(OnFailure::Warn), Some(OnFailure::Warn));
+        l.next(leased("l"));
+        l.next(unleased());
+        assert_eq!(
+            l.next(Event::SessionFailed("x".into())),
+            vec![
+                report(BeforeLeaseHookFailed, &format!("{SESSION_FAILED_PREFIX}x")),
+                report(Available, AVAILABLE_MESSAGE),
+                end("l")
+            ]
+        );
+        assert!(!l.busy());
+        // A lease that ended while its session was starting never becomes ready either.
+        let mut l = Lifecycle::default();
+        l.next(Event::Registered);
+        l.next(leased("m"));
+        l.next(unleased());
+        assert_eq!(
+            l.next(Event::SessionStarted),
+            vec![report(Available, AVAILABLE_MESSAGE), end("m")]
         );
     }
 }

@@ -5,6 +5,9 @@
 
 pub mod channel;
 pub mod lifecycle;
+pub mod link;
+pub mod listen;
+pub mod reporter;
 pub mod runner;
 pub mod tunnel;
 

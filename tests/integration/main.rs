@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod controller;
+mod degraded;
 mod descriptors;
 mod faults;
 mod gpio;

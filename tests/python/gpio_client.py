@@ -193,7 +193,45 @@ def lease(_host):
             return {"tree": tree(client), "output": output(client), "power": power(client)}
 
 
-RAW = {"codes": codes, "lease": lease}
+def control(command):
+    """One command to the exporter's mock GPIO control socket (GPIO_CONTROL), as the board or
+    another program on the host would act."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(os.environ["GPIO_CONTROL"])
+        s.sendall(command.encode() + b"\n")
+        return s.makefile().readline().strip()
+
+
+def held(client):
+    """A relay on a GPIO line another program holds: the rest of the exporter works, the relay
+    says who holds the line, and works once that program lets go (no restart)."""
+    client.power.on()
+    try:
+        client.relay.on()
+        busy = None
+    except DriverError as e:
+        busy = [type(e).__name__, str(e)]
+    client.power.off()
+    released = control("unhold c1 0")
+    client.relay.on()
+    client.relay.off()
+    return {"busy": busy, "released": released}
+
+
+def held_lease(_host):
+    """`held` through a lease from the controller (CLIENT_CONFIG, EXPORTER_NAME)."""
+    from jumpstarter.config.client import ClientConfigV1Alpha1
+
+    config = ClientConfigV1Alpha1.from_file(os.environ["CLIENT_CONFIG"])
+    with config.lease(exporter_name=os.environ["EXPORTER_NAME"]) as lease:
+        with lease.connect() as client:
+            return held(client)
+
+
+SCENARIOS["held"] = held
+RAW = {"codes": codes, "lease": lease, "held_lease": held_lease}
 
 
 if __name__ == "__main__":

@@ -112,6 +112,16 @@ impl DriverSpec for GpioSpec {
         }
     }
 
+    /// A mock chip is the simulated board itself: it exists from exporter start, as a kernel
+    /// chip does, so its control socket answers before the first lease.
+    fn start(&self) {
+        if let Some(chip::ChipRef::Mock(spec)) = &self.line.chip {
+            if let Err(e) = mock::open(spec) {
+                tracing::warn!(entry = %self.line.entry, "{e}");
+            }
+        }
+    }
+
     fn build(&self) -> Box<dyn Driver> {
         Box::new(GpioLine::new(self.kind, self.line.clone()))
     }

@@ -247,21 +247,11 @@ impl Board {
         Ok(board)
     }
 
-    fn name(&self) -> String {
-        match (
-            &self.serial,
-            self.location.lock().ok().and_then(|l| l.clone()),
-        ) {
-            (Some(serial), _) => serial.clone(),
-            (None, Some(at)) => at,
-            (None, None) => "(first found)".into(),
-        }
-    }
-
     fn send(&self, command: u8) -> Result<(), DriverError> {
         let _one_at_a_time = BOARD_IO.lock().unwrap_or_else(|e| e.into_inner());
         let device = self.find()?;
-        let what = format!("ykush {} ({})", self.name(), device.describe());
+        let name = device.serial.clone().unwrap_or_else(|| device.location());
+        let what = format!("ykush {name} ({})", device.describe());
         let usb_error = |e: UsbError| device_error(&what, Some(&device), e);
         let mut handle = self.bus.open(&device).map_err(usb_error)?;
         let endpoints = handle.claim_interface(0).map_err(usb_error)?;
