@@ -86,8 +86,10 @@ pub async fn run(config: ExporterConfig, stop: Stop) -> Result<Exit, RunError> {
         link,
         lifecycle: Lifecycle::new(plan),
         lease: None,
-        end_requests: (end_tx, end_rx),
-        job_results: (job_tx, job_rx),
+        end_tx,
+        end_rx,
+        job_tx,
+        job_rx,
         jobs: TaskTracker::new(),
         jobs_stop: CancellationToken::new(),
         stop,
@@ -168,9 +170,12 @@ struct Runner {
     lifecycle: Lifecycle,
     lease: Option<LeaseRun>,
     reporter: Reporter,
-    /// EndSession calls from the sessions, as lease names.
-    end_requests: (mpsc::Sender<String>, mpsc::Receiver<String>),
-    job_results: (mpsc::Sender<JobResult>, mpsc::Receiver<JobResult>),
+    /// EndSession calls from the sessions, as lease names: the sessions' end, and ours.
+    end_tx: mpsc::Sender<String>,
+    end_rx: mpsc::Receiver<String>,
+    /// What the jobs hand back: their end, and ours.
+    job_tx: mpsc::Sender<JobResult>,
+    job_rx: mpsc::Receiver<JobResult>,
     /// Hook runs and releases.
     jobs: TaskTracker,
     jobs_stop: CancellationToken,
@@ -196,8 +201,8 @@ impl Runner {
                     self.stop.now.cancel();
                     Step::Stop
                 }
-                Some(lease) = self.end_requests.1.recv() => Step::EndRequested(lease),
-                Some(done) = self.job_results.1.recv() => Step::Job(done),
+                Some(lease) = self.end_rx.recv() => Step::EndRequested(lease),
+                Some(done) = self.job_rx.recv() => Step::Job(done),
                 progress = phase.progress() => Step::Link(progress),
             };
             let lost = match step {
@@ -345,7 +350,7 @@ impl Runner {
             &self.config,
             self.exporter_uuid,
             name.clone(),
-            self.end_requests.0.clone(),
+            self.end_tx.clone(),
             None,
         )
         .instrument(span.clone())
@@ -393,14 +398,14 @@ impl Runner {
         ));
     }
 
-    /// Starts a job on the runner's tracker; its result comes back through `job_results`,
+    /// Starts a job on the runner's tracker; its result comes back through `job_rx`,
     /// unless the runner stops first.
     fn spawn_job(
         &self,
         span: tracing::Span,
         work: impl std::future::Future<Output = JobResult> + Send + 'static,
     ) {
-        let (stop, results) = (self.jobs_stop.clone(), self.job_results.0.clone());
+        let (stop, results) = (self.jobs_stop.clone(), self.job_tx.clone());
         self.jobs.spawn(
             async move {
                 tokio::select! {
@@ -490,7 +495,7 @@ impl Runner {
             let deadline = tokio::time::Instant::now() + budget;
             while self.lifecycle.busy() {
                 tokio::select! {
-                    Some(done) = self.job_results.1.recv() => self.job_done(done).await,
+                    Some(done) = self.job_rx.recv() => self.job_done(done).await,
                     _ = tokio::time::sleep_until(deadline) => {
                         tracing::warn!("the end of the lease did not finish within {budget:?}");
                         break;
