@@ -17,6 +17,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod hooks;
 pub mod host;
+pub mod lifecycle;
 pub mod logging;
 pub mod logs;
 pub mod panics;

@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{ExporterConfig, Secret};
-use crate::controller::lifecycle::{Effect, Event, HookPlan, Lifecycle};
 use crate::exit::Exit;
 use crate::hooks;
 use crate::host::{HostError, SessionHost};
+use crate::lifecycle::{Effect, Event, HookPlan, Lifecycle};
 use crate::server;
 use crate::signal::Stop;
 use crate::systemd;

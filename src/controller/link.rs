@@ -13,9 +13,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
 use super::channel::{self, ChannelOptions, ControllerError, Identity};
-use super::lifecycle::SHUTDOWN_MESSAGE;
 use crate::backoff::Backoff;
 use crate::config::ExporterConfig;
+use crate::lifecycle::SHUTDOWN_MESSAGE;
 use crate::proto::controller_service_client::ControllerServiceClient;
 use crate::proto::{
     DriverInstanceReport, ExporterStatus, RegisterRequest, ReleaseLeaseRequest,

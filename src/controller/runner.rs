@@ -24,7 +24,6 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::channel::ControllerError;
-use super::lifecycle::{Effect, Event, HookPlan, LeaseState, Lifecycle};
 use super::link::Link;
 use super::listen::listen;
 use super::reporter::Reporter;
@@ -33,6 +32,7 @@ use crate::config::ExporterConfig;
 use crate::exit::Exit;
 use crate::hooks::{self, HookKind};
 use crate::host::SessionHost;
+use crate::lifecycle::{Effect, Event, HookPlan, LeaseState, Lifecycle};
 use crate::proto::{DriverInstanceReport, ExporterStatus, StatusResponse};
 use crate::signal::Stop;
 use crate::systemd;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jmp_exporter::controller::lifecycle::SESSION_FAILED_PREFIX;
+use jmp_exporter::lifecycle::SESSION_FAILED_PREFIX;
 use jmp_exporter::proto::ExporterStatus;
 use jmp_testkit::{Event, FakeController, Options};
 use serde_json::Value;
