@@ -8,6 +8,7 @@ mod cli;
 mod controller;
 mod descriptors;
 mod faults;
+mod flood;
 mod gpio;
 mod hooks;
 mod load;
