@@ -8,6 +8,7 @@
 //! Beside it: [`config`] reads the upstream YAML, [`session`] holds status and logs,
 //! [`standalone`] serves without a controller.
 
+pub mod admission;
 pub mod backoff;
 pub mod config;
 pub mod controller;

@@ -162,6 +162,27 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Raises the soft open-file limit to the hard one, so that under load the TCP listener's
+/// caps bound what it holds, not the limit; a failure only means the caps are sized lower.
+fn raise_fd_limit() {
+    use jmp_exporter::admission;
+    let show = |l: Option<u64>| l.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    match admission::raise_fd_limit() {
+        Ok(l) if l.before == l.now => {
+            tracing::debug!("open-file limit {} (the hard limit already)", show(l.now))
+        }
+        Ok(l) => tracing::debug!(
+            "raised the open-file limit from {} to {}",
+            show(l.before),
+            show(l.now)
+        ),
+        Err(e) => tracing::warn!(
+            "cannot raise the open-file limit ({}) to its hard limit: {e}",
+            show(admission::fd_limit())
+        ),
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config_path = match args.source.path() {
         Ok(path) => path,
@@ -226,6 +247,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tls,
         passphrase: args.passphrase.map(Secret::new),
     };
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,6 +3,10 @@
 //! HTTP/2 edge first. After this point nobody knows where a connection came from, except the
 //! passphrase check, which applies to TCP only (Unix sockets are guarded by file permissions).
 //!
+//! Listeners hand nothing to the server before the peer has spoken: each accepted connection
+//! first goes through [`crate::admission`] (TLS, the HTTP/2 preface, a deadline, caps) on a
+//! task of its listener's tracker.
+//!
 //! Shutdown: when the session token is cancelled every connection reports end of stream on its
 //! next read, so long-lived calls (LogStream, byte streams) cannot hold the server open.
 
@@ -17,7 +21,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +31,8 @@ use tonic::service::InterceptorLayer;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
+use crate::admission::{self, Admission, Admitted, Caps, Replay, Reports, Slot, Ticket};
+use crate::backoff::Backoff;
 use crate::config::Secret;
 use crate::edge::Http2Edge;
 use crate::proto::exporter_service_server::ExporterServiceServer;
@@ -62,6 +68,8 @@ pub struct Conn {
     origin: Origin,
     session_end: CancellationToken,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The connection's place among its listener's established ones, freed with it.
+    _slot: Option<Slot>,
 }
 
 impl Conn {
@@ -71,7 +79,14 @@ impl Conn {
             origin,
             session_end: session_end.clone(),
             closed: Box::pin(session_end.clone().cancelled_owned()),
+            _slot: None,
         }
+    }
+
+    /// The same connection, holding `slot` for as long as it lives.
+    fn holding(mut self, slot: Slot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     /// Whether the session has ended. Cheap: the wake-up registration (`closed`) is only
@@ -265,29 +280,17 @@ pub fn listen_unix(
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     let socket_file = SocketFile(path.to_path_buf());
+    // Peers on a Unix socket passed its file permissions: no caps, but the same deadline.
+    let door = Door {
+        admission: Admission::new(Caps::UNBOUNDED),
+        tls: None,
+        conns,
+        stop,
+        tasks: tasks.clone(),
+        reports: Reports::new(path.display().to_string(), Caps::UNBOUNDED),
+    };
     tasks.spawn(async move {
-        let owned = &socket_file.0;
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    if conns
-                        .send(Conn::new(Box::new(stream), Origin::Unix, &stop))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(path = %owned.display(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        accept_loop(Listener::Unix(listener), door).await;
         drop(socket_file);
     });
     Ok(())
@@ -333,56 +336,246 @@ pub async fn listen_tcp(
         addr: addr.to_string(),
         source,
     })?;
-    tasks.spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+    let caps = Caps::for_fd_limit(admission::fd_limit());
+    tracing::debug!(
+        listener = %local,
+        "holding at most {} connections before their handshake and {} after it",
+        caps.pending,
+        caps.established
+    );
+    let door = Door {
+        admission: Admission::new(caps),
+        tls,
+        conns,
+        stop,
+        tasks: tasks.clone(),
+        reports: Reports::new(local.to_string(), caps),
+    };
+    tasks.spawn(accept_loop(Listener::Tcp(listener), door));
+    Ok(local)
+}
+
+/// A bound listener of either kind.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+/// Shortest and longest pause after accepting failed for want of resources (file
+/// descriptors, memory); the pause doubles while failures go on.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// What a listener's accept loop needs to take connections through admission.
+struct Door {
+    admission: Arc<Admission>,
+    tls: Option<TlsAcceptor>,
+    conns: ConnSender,
+    stop: CancellationToken,
+    /// Owns every connection's handshake task; the listener's session waits for them.
+    tasks: TaskTracker,
+    reports: Reports,
+}
+
+/// Accepts until `door.stop`, starting a handshake task per connection.
+async fn accept_loop(listener: Listener, mut door: Door) {
+    let mut backoff = Backoff::new(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
+    loop {
+        let report_due = door.reports.due();
+        let accepted = tokio::select! {
+            _ = door.stop.cancelled() => break,
+            _ = sleep_until(report_due), if report_due.is_some() => {
+                door.reports.flush(std::time::Instant::now());
+                continue;
+            }
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(accepted) => {
+                backoff.reset();
+                if door.conns.is_closed() {
+                    // The server is gone: stop listening, so that clients are refused.
+                    break;
+                }
+                door.admit(accepted);
+            }
+            Err(e) => {
+                door.reports.accept_failed(&e, std::time::Instant::now());
+                if is_one_connections_fault(&e) {
                     continue;
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let conns = conns.clone();
-            let stop = stop.clone();
-            match &tls {
-                None => {
-                    if conns
-                        .send(Conn::new(Box::new(stream), Origin::Tcp, &stop))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
+                if out_of_resources(&e) {
+                    // The descriptor of a peer that has not spoken yet is the cheapest to give
+                    // back; the pause lets its task close it.
+                    door.admission.evict_oldest();
                 }
-                Some(acceptor) => {
-                    // Handshakes run on their own so a slow client cannot hold up others.
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let handshake =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                        match handshake.await {
-                            Ok(Ok(tls)) => {
-                                let _ = conns
-                                    .send(Conn::new(Box::new(tls), Origin::Tcp, &stop))
-                                    .await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    });
+                let pause = backoff.next_delay();
+                tokio::select! {
+                    _ = door.stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
-    });
-    Ok(local)
+    }
+}
+
+fn sleep_until(at: Option<std::time::Instant>) -> tokio::time::Sleep {
+    let at = at.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+    tokio::time::sleep_until(at)
+}
+
+/// An accept error about one connection that went away before it was accepted: the next
+/// accept may well succeed at once.
+fn is_one_connections_fault(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting cannot succeed until something is freed.
+fn out_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    rustix::io::Errno::from_io_error(e)
+        .is_some_and(|n| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&n))
+}
+
+impl Door {
+    /// Takes a new connection in, or closes it at once when its listener is full.
+    fn admit(&mut self, accepted: Accepted) {
+        let now = std::time::Instant::now();
+        let ticket = match self.admission.admit(&self.stop) {
+            Admitted::Pending { ticket, evicted } => {
+                if evicted {
+                    self.reports.evicted(now);
+                }
+                ticket
+            }
+            Admitted::Full => {
+                self.reports.refused(now);
+                return;
+            }
+        };
+        let (conns, stop) = (self.conns.clone(), self.stop.clone());
+        match accepted {
+            Accepted::Tcp(stream, peer) => {
+                let _ = stream.set_nodelay(true);
+                let tls = self.tls.clone();
+                self.tasks.spawn(handshake(
+                    stream,
+                    tls,
+                    Origin::Tcp,
+                    Some(peer),
+                    ticket,
+                    conns,
+                    stop,
+                ));
+            }
+            Accepted::Unix(stream) => {
+                self.tasks.spawn(handshake(
+                    stream,
+                    None,
+                    Origin::Unix,
+                    None,
+                    ticket,
+                    conns,
+                    stop,
+                ));
+            }
+        }
+    }
+}
+
+/// Why a connection was closed before it reached the server.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("reading the HTTP/2 client preface failed: {0}")]
+    Read(io::Error),
+    #[error("the peer closed the connection before its HTTP/2 client preface")]
+    Left,
+}
+
+/// Takes one accepted connection through its handshake, then into the server: TLS where the
+/// listener has it, then the HTTP/2 client preface, all within
+/// [`admission::HANDSHAKE_DEADLINE`] of the accept. The connection is closed instead when the
+/// deadline passes, the peer fails or leaves, or its ticket is cancelled (evicted for a newer
+/// connection, or the listener stopped).
+async fn handshake<S: Io>(
+    stream: S,
+    tls: Option<TlsAcceptor>,
+    origin: Origin,
+    peer: Option<SocketAddr>,
+    ticket: Ticket,
+    conns: ConnSender,
+    stop: CancellationToken,
+) {
+    let closed = ticket.closed().clone();
+    let spoken = tokio::select! {
+        _ = closed.cancelled() => return,
+        spoken = tokio::time::timeout(admission::HANDSHAKE_DEADLINE, speak(stream, tls)) => spoken,
+    };
+    let peer = || peer.map_or_else(|| "local".to_string(), |a| a.to_string());
+    let io = match spoken {
+        Ok(Ok(io)) => io,
+        Ok(Err(HandshakeError::Left)) => {
+            tracing::trace!(peer = %peer(), "{}", HandshakeError::Left);
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer(), "closed a connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                peer = %peer(),
+                "closed a connection that did not finish its handshake within {:?}",
+                admission::HANDSHAKE_DEADLINE
+            );
+            return;
+        }
+    };
+    let conn = Conn::new(io, origin, &stop).holding(ticket.establish());
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = conns.send(conn) => {}
+    }
+}
+
+/// The TLS handshake if there is one, then the client preface; the connection to serve, with
+/// what was read of it to be read again.
+async fn speak<S: Io>(stream: S, tls: Option<TlsAcceptor>) -> Result<Box<dyn Io>, HandshakeError> {
+    match tls {
+        None => preface_of(stream).await,
+        Some(acceptor) => {
+            let stream = acceptor.accept(stream).await.map_err(HandshakeError::Tls)?;
+            preface_of(stream).await
+        }
+    }
+}
+
+async fn preface_of<S: Io>(mut io: S) -> Result<Box<dyn Io>, HandshakeError> {
+    match admission::read_preface(&mut io).await {
+        Ok(Some(head)) => Ok(Box::new(Replay::new(head, io))),
+        Ok(None) => Err(HandshakeError::Left),
+        Err(e) => Err(HandshakeError::Read(e)),
+    }
 }
 
 /// Builds a TLS acceptor (ALPN h2) from PEM files.
@@ -450,6 +643,149 @@ mod tests {
         stop.cancel();
         drop(runtime);
         assert!(!path.exists(), "the socket file was left behind");
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// A pending connection of a fresh admission, as the accept loop makes one.
+    fn pending(admission: &Arc<Admission>, stop: &CancellationToken) -> Ticket {
+        match admission.admit(stop) {
+            Admitted::Pending { ticket, .. } => ticket,
+            Admitted::Full => panic!("refused"),
+        }
+    }
+
+    /// Waits until the peer of `client` closed the connection; fails on any byte from it.
+    async fn closed_by_the_exporter(client: &mut tokio::io::DuplexStream) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            client.read(&mut buf).await.unwrap(),
+            0,
+            "bytes from a pending connection"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_finish_its_preface_is_closed_at_the_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let admission = Admission::new(Caps::UNBOUNDED);
+        let stop = CancellationToken::new();
+        let (conns, mut incoming) = mpsc::channel(1);
+        let (mut client, server) = tokio::io::duplex(4096);
+        let started = tokio::time::Instant::now();
+        let ticket = pending(&admission, &stop);
+        let task = tokio::spawn(handshake(
+            server,
+            None,
+            Origin::Unix,
+            None,
+            ticket,
+            conns,
+            stop.clone(),
+        ));
+        client.write_all(&PREFACE[..12]).await.unwrap();
+        closed_by_the_exporter(&mut client).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= admission::HANDSHAKE_DEADLINE
+                && waited < admission::HANDSHAKE_DEADLINE + Duration::from_secs(1),
+            "closed after {waited:?}"
+        );
+        task.await.unwrap();
+        assert!(incoming.try_recv().is_err(), "it reached the server");
+        assert_eq!(admission.held(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_speaks_http2_reaches_the_server_with_every_byte() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admission = Admission::new(Caps::UNBOUNDED);
+        let stop = CancellationToken::new();
+        let (conns, mut incoming) = mpsc::channel(1);
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut hello = PREFACE.to_vec();
+        hello.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+        hello.extend([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]); // PING
+        let ticket = pending(&admission, &stop);
+        tokio::spawn(handshake(
+            server,
+            None,
+            Origin::Tcp,
+            None,
+            ticket,
+            conns,
+            stop.clone(),
+        ));
+        client.write_all(&hello).await.unwrap();
+        let mut conn = incoming
+            .recv()
+            .await
+            .expect("no connection reached the server");
+        assert_eq!(conn.connect_info(), Origin::Tcp);
+        assert_eq!(admission.held(), (0, 1));
+        let mut got = vec![0; hello.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, hello);
+        drop(conn);
+        assert_eq!(admission.held(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_closes_the_oldest_pending_one_and_stop_closes_the_rest() {
+        let admission = Admission::new(Caps {
+            pending: 1,
+            established: 8,
+        });
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (conns, _incoming) = mpsc::channel(1);
+        let started = tokio::time::Instant::now();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (client, server) = tokio::io::duplex(4096);
+            let ticket = pending(&admission, &stop);
+            tasks.spawn(handshake(
+                server,
+                None,
+                Origin::Tcp,
+                None,
+                ticket,
+                conns.clone(),
+                stop.clone(),
+            ));
+            clients.push(client);
+        }
+        closed_by_the_exporter(&mut clients[0]).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not closed for room"
+        );
+        assert_eq!(admission.held(), (1, 0));
+        stop.cancel();
+        closed_by_the_exporter(&mut clients[1]).await;
+        tasks.close();
+        tasks.wait().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not closed at stop"
+        );
+        assert_eq!(admission.held(), (0, 0));
+    }
+
+    #[test]
+    fn only_resource_errors_free_a_pending_connection() {
+        let errno = |n: i32| io::Error::from_raw_os_error(n);
+        use rustix::io::Errno;
+        assert!(out_of_resources(&errno(Errno::MFILE.raw_os_error())));
+        assert!(out_of_resources(&errno(Errno::NFILE.raw_os_error())));
+        assert!(!out_of_resources(&errno(Errno::CONNABORTED.raw_os_error())));
+        assert!(is_one_connections_fault(&errno(
+            Errno::CONNABORTED.raw_os_error()
+        )));
+        assert!(!is_one_connections_fault(&errno(
+            Errno::MFILE.raw_os_error()
+        )));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod controller;
 mod degraded;
 mod descriptors;
 mod faults;
+mod flood;
 mod gpio;
 mod hooks;
 mod load;

@@ -98,6 +98,25 @@ impl Exporter {
         Self::spawn(cmd, dir, None, true)
     }
 
+    /// Serves `config` on plaintext or TLS TCP (as `extra` says) under the open-file limits
+    /// `ulimit` sets (arguments of the shell's `ulimit`, such as `-S -n 1024`); the shell
+    /// execs the exporter, so the pid is the exporter's.
+    pub fn tcp_with_ulimit(config: &Path, extra: &[&str], ulimit: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new("sh");
+        cmd.env_remove("JMP_EXPORTER_LOG")
+            .arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$@\""))
+            .arg("sh")
+            .arg(binary())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--tls-grpc-listener", "127.0.0.1:0"])
+            .args(extra);
+        Self::spawn(cmd, dir, None, true)
+    }
+
     /// Runs `config` in controller mode and waits until it has registered.
     pub fn controller(config: &Path) -> Self {
         Self::controller_with_env(config, &[])
