@@ -162,6 +162,8 @@ fn sweep_stale(base: &std::path::Path) {
                 path = %entry.path().display(),
                 "removed the runtime directory of an exporter that did not stop cleanly"
             ),
+            // Another exporter starting at the same moment removed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(
                 path = %entry.path().display(),
                 error = %e,
