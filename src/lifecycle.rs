@@ -21,8 +21,9 @@
 use crate::config::OnFailure;
 pub use crate::hooks::HookKind;
 use crate::proto::ExporterStatus;
-use crate::session::{AVAILABLE_MESSAGE, READY_MESSAGE};
 
+pub const READY_MESSAGE: &str = "Ready for commands";
+pub const AVAILABLE_MESSAGE: &str = "Available for new lease";
 pub const REGISTERED_MESSAGE: &str = "Exporter registered and available";
 pub const SHUTDOWN_MESSAGE: &str = "Exporter shutting down";
 pub const RELEASED_MESSAGE: &str = "Exporter available after lease release";

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::lifecycle::AVAILABLE_MESSAGE;
 use crate::logs::LogQueue;
 use crate::proto::{ExporterStatus, GetStatusResponse};
 use crate::tree::DriverTree;
@@ -35,8 +36,6 @@ pub struct Session {
     lease_gate: AtomicBool,
 }
 
-pub const READY_MESSAGE: &str = "Ready for commands";
-pub const AVAILABLE_MESSAGE: &str = "Available for new lease";
 
 impl Session {
     pub fn new(exporter_uuid: Uuid, tree: DriverTree, lease_name: Option<String>) -> Arc<Self> {
@@ -157,6 +156,7 @@ pub fn status_name(status: ExporterStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::READY_MESSAGE;
 
     fn session(lease: Option<&str>) -> Arc<Session> {
         let config = crate::config::parse("metadata: {}\n", &|_| None)

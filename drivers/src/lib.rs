@@ -7,6 +7,38 @@
 //! Lifecycle, as the upstream exporter has it: the config is parsed and checked once at start
 //! ([`DriverSpec`]), and a fresh [`Driver`] is built from it for every session, `reset` when the
 //! session starts and `close` when it ends.
+//!
+//! ## A device problem is never fatal
+//!
+//! Only a config error stops the exporter. A device that is missing, busy or broken costs its
+//! own driver's calls, nothing else, at any time:
+//! - [`DriverSpec::build`] cannot fail and touches no device, so laying out a tree (to register
+//!   with the controller, or for `check`) has no effect on hardware.
+//! - The device is opened in [`Driver::reset`] (session start) or at the first call that needs
+//!   it. If that fails, the exporter logs it and serves the session anyway; every call then
+//!   answers [`DriverError::Unavailable`] with a message naming the device and the cause (who
+//!   holds a busy line, which hub is missing, a permission problem and the group to join), and
+//!   tries to open the device again, so the driver works once the device is back, without a
+//!   restart.
+//! - A driver that owns its device for the life of the process (a serial console that is
+//!   captured) starts in [`DriverSpec::start`], which cannot fail either.
+//! - A panic in driver code fails only the call that met it (the exporter guards every call);
+//!   it is still a bug to fix.
+//!
+//! ## Adding a driver
+//! 1. A module (a folder for a family: `serial/`, `gpio/`, `usb/`) with the type's upstream
+//!    `type:` string as `TYPE`, a [`DriverSpec`] and a [`Driver`]; its client label comes from
+//!    [`client`] (add it there if it is new).
+//! 2. A config reader: a `serde` struct with `deny_unknown_fields` read through
+//!    [`yaml::from_node`], checking every value and naming the YAML path in each error.
+//! 3. A row in [`BUILTIN`].
+//! 4. A fake of the device behind the same trait as the real transport (as `usb::fake`,
+//!    `gpio::mock`), so CI runs the same code paths; tests that need the hardware are
+//!    `#[ignore = "why"]`.
+//! 5. Unit tests beside the driver, and an integration test that drives it with the unchanged
+//!    upstream Python client (`tests/integration/`).
+//! 6. The contract it keeps is the one in the spec (`drivers.md`, the driver family's
+//!    section); differences from upstream are listed in the README.
 
 pub mod args;
 pub mod composite;
