@@ -36,7 +36,6 @@ pub struct Session {
     lease_gate: AtomicBool,
 }
 
-
 impl Session {
     pub fn new(exporter_uuid: Uuid, tree: DriverTree, lease_name: Option<String>) -> Arc<Self> {
         Self::build(exporter_uuid, tree, lease_name, None)

@@ -1,10 +1,11 @@
 //! `PySerial`: a serial console as a byte stream, a drop-in for upstream's driver of the same
 //! `type:` and client, with the differences labs asked for.
 //!
-//! - One owner per device (see `port.rs`): the port is opened once, exclusively, and kept open
-//!   while the device exists. Every `connect` stream shares it: what the device prints goes to
-//!   every open stream (upstream hands each chunk to whichever stream reads first), what any
-//!   stream sends goes to the device, and `set_dtr`/`set_rts` act on the same open port.
+//! - One owner per device (see `port.rs`, and `fanout.rs` for how its output is shared): the
+//!   port is opened once, exclusively, and kept open while the device exists. Every `connect`
+//!   stream shares it: what the device prints goes to every open stream (upstream hands each
+//!   chunk to whichever stream reads first), what any stream sends goes to the device, and
+//!   `set_dtr`/`set_rts` act on the same open port.
 //! - Absence is never fatal: with the device missing, at start or later, the exporter runs on
 //!   and `connect` answers UNAVAILABLE naming the device; a device that comes back (a replugged
 //!   USB adapter behind the same by-id link) is opened again without a restart.
@@ -18,6 +19,7 @@
 
 mod capture;
 mod config;
+mod fanout;
 pub mod list;
 mod pace;
 mod port;

@@ -15,16 +15,8 @@
 //! With `check_present: false` and no `log_file`, the first open waits for the first client, as
 //! upstream opens its port lazily (an MCU that resets on DTR is not reset at exporter start).
 //!
-//! ## Fan-out, and streams that cannot keep up
-//!
-//! What the device prints goes to every open stream, each through its own bounded queue
-//! ([`STREAM_CHUNKS`] reads), and to the capture file. The device is read at the pace of its
-//! consumers: while one stream's queue is full, reading waits for it, so a single slow client
-//! slows the device (backpressure, as upstream), never memory. But a stream whose queue stays
-//! full for [`STALL`] while another consumer (a second stream, or the capture file) is waiting
-//! is dropped with a warning saying why, and the others go on. Streams never see gaps: a stream
-//! gets every byte read while it was subscribed, or ends. (While reading waits on a single
-//! stuck stream, a vanished device is noticed by the next write, or when reading resumes.)
+//! What the device prints reaches the streams through `fanout.rs`, which also decides when a
+//! stream that cannot keep up is dropped.
 //!
 //! ## Writes
 //!
@@ -57,16 +49,13 @@ use tokio_serial::{DataBits, FlowControl, Parity, SerialPort, StopBits};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::config::{SerialConfig, Target};
+use super::fanout::{Fanout, Subscriber, STREAM_CHUNKS};
 use super::pace::Pace;
 use super::stream::ConsoleStream;
 use crate::{BoxedIo, DriverError};
 
 /// Largest single read from the device.
 const READ_CHUNK: usize = 16 * 1024;
-/// Reads queued per stream (at most `STREAM_CHUNKS * READ_CHUNK` bytes, 1 MiB).
-pub const STREAM_CHUNKS: usize = 64;
-/// How long a full stream may hold up the others before it is dropped.
-pub const STALL: Duration = Duration::from_secs(1);
 /// Bytes accepted from streams and not yet written to the device.
 pub const WRITE_BUDGET: usize = 256 * 1024;
 /// Largest single chunk a stream hands to the writer.
@@ -111,22 +100,15 @@ struct State {
 }
 
 /// One open of the device, from open until it vanishes.
-struct Live {
+pub(super) struct Live {
     subscribe: mpsc::Sender<Subscriber>,
     writes: mpsc::UnboundedSender<Outgoing>,
     budget: Arc<Semaphore>,
     /// A second handle on the same open terminal, for DTR/RTS; `None` for sockets.
     lines: Mutex<Option<serialport::TTYPort>>,
-    gone: CancellationToken,
+    pub(super) gone: CancellationToken,
     /// Why the writer ended the open, if it did.
     ended: OnceLock<String>,
-}
-
-/// One `connect` stream, as the reader sees it.
-pub struct Subscriber {
-    tx: mpsc::Sender<Bytes>,
-    /// Set, before the queue is dropped, when the stream is dropped for falling behind.
-    dropped: Arc<OnceLock<String>>,
 }
 
 /// Bytes on their way to the device; the permit keeps them counted against [`WRITE_BUDGET`].
@@ -451,100 +433,6 @@ async fn read_loop(
                 Err(e) => return Some(format!("read failed: {e}")),
             },
         }
-    }
-}
-
-/// The consumers of what the device prints.
-struct Fanout {
-    subs: Vec<Subscriber>,
-    capture: Option<mpsc::Sender<Bytes>>,
-    /// Bytes the capture could not take since it last could.
-    capture_lost: u64,
-    name: String,
-}
-
-impl Fanout {
-    /// Hands `chunk` to every consumer, waiting for full streams as described in the module
-    /// docs. Returns early if the device goes or the exporter stops.
-    async fn deliver(
-        &mut self,
-        chunk: Bytes,
-        new_subs: &mut mpsc::Receiver<Subscriber>,
-        live: &Live,
-        stop: &CancellationToken,
-    ) {
-        if let Some(capture) = &self.capture {
-            match capture.try_send(chunk.clone()) {
-                Ok(()) if self.capture_lost > 0 => {
-                    tracing::warn!(device = %self.name, lost = self.capture_lost, "console capture fell behind the device; bytes are missing from the console log");
-                    self.capture_lost = 0;
-                }
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => self.capture_lost += chunk.len() as u64,
-                Err(mpsc::error::TrySendError::Closed(_)) => self.capture = None,
-            }
-        }
-        // Indexes of streams still owed this chunk.
-        let mut owed: Vec<usize> = Vec::new();
-        let mut closed = Vec::new();
-        for (i, sub) in self.subs.iter().enumerate() {
-            match sub.tx.try_send(chunk.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => owed.push(i),
-                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(i),
-            }
-        }
-        let mut deadline: Option<Instant> = None;
-        while let Some(&i) = owed.first() {
-            let others = self.capture.is_some() || self.subs.len() - closed.len() > owed.len();
-            if others && deadline.is_none() {
-                deadline = Some(Instant::now() + STALL);
-            }
-            let tx = self.subs[i].tx.clone();
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                _ = live.gone.cancelled() => return,
-                permit = tx.reserve_owned() => {
-                    match permit {
-                        Ok(permit) => {
-                            permit.send(chunk.clone());
-                        }
-                        Err(_) => closed.push(i),
-                    }
-                    owed.remove(0);
-                }
-                Some(sub) = new_subs.recv() => self.subs.push(sub),
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    for &i in &owed {
-                        let reason = format!(
-                            "serial console {}: a connect stream could not keep up (its buffer of {STREAM_CHUNKS} reads stayed full for {STALL:?} while others were waiting for the device's output) and was closed; the other streams go on",
-                            self.name
-                        );
-                        tracing::warn!(device = %self.name, "{reason}");
-                        let _ = self.subs[i].dropped.set(reason);
-                        closed.push(i);
-                    }
-                    owed.clear();
-                }
-            }
-        }
-        if !closed.is_empty() {
-            let mut i = 0;
-            self.subs.retain(|_| {
-                i += 1;
-                !closed.contains(&(i - 1))
-            });
-        }
-        // Drop streams whose client went away while nothing was owed to them.
-        self.subs.retain(|s| !s.tx.is_closed());
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::{timeout, Instant};
 use tokio_serial::{SerialPort, SerialStream};
 
-use super::port::{STALL, WRITE_BUDGET, WRITE_CHUNK};
+use super::fanout::STALL;
+use super::port::{WRITE_BUDGET, WRITE_CHUNK};
 use super::*;
 
 const T: Duration = Duration::from_secs(10);

@@ -1,0 +1,279 @@
+//! The report: the markdown tables the README shows, printed from the same JSON that is written
+//! to `compare.json`, so that the two cannot disagree. Nothing here measures.
+
+use serde_json::Value;
+
+use crate::load::DUEL_ROUNDS;
+
+pub(crate) fn print_duel(results: &Value) {
+    let Some(duel) = results["duel"].as_object() else {
+        return;
+    };
+    println!(
+        "\nHead to head with the minimal server ({DUEL_ROUNDS} rounds of 1 s cases, in alternation):\n"
+    );
+    println!("| ours/limit | median | lowest | highest | target |");
+    println!("|---|---:|---:|---:|---|");
+    for (label, v) in duel {
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2} | ≥ 0.8 |",
+            get(v, "median_ratio"),
+            get(v, "min_ratio"),
+            get(v, "max_ratio")
+        );
+    }
+}
+
+pub(crate) fn get(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+/// Numbers as the README shows them: thin spaces between thousands, fewer decimals as they
+/// grow.
+fn show(x: f64) -> String {
+    if !x.is_finite() {
+        return String::new();
+    }
+    let text = if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    };
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), None), |(a, b)| (a, Some(b)));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn ratio(x: f64, y: f64) -> String {
+    if y.is_finite() && y != 0.0 && x.is_finite() {
+        let r = x / y;
+        if r >= 10.0 {
+            format!("{r:.0}")
+        } else if r >= 0.1 {
+            format!("{r:.2}")
+        } else {
+            format!("{r:.3}")
+        }
+    } else {
+        String::new()
+    }
+}
+
+/// The main table, as markdown.
+pub(crate) fn print_table(results: &Value) {
+    // (label, key, target): the targets are the issue's, ratios ours/Python and ours/limit.
+    let rows: &[(&str, &str, &str)] = &[
+        (
+            "start → first GetReport (ms)",
+            "start_to_get_report_ms",
+            "< 50 ms",
+        ),
+        (
+            "unary DriverCall, 1 caller (calls/s)",
+            "unary_1.calls_per_s",
+            "",
+        ),
+        (
+            "unary DriverCall, 16 callers (calls/s)",
+            "unary_16.calls_per_s",
+            "≥ 20× Python, ≥ 0.8 limit",
+        ),
+        (
+            "unary DriverCall, 64 callers (calls/s)",
+            "unary_64.calls_per_s",
+            "",
+        ),
+        ("unary p50, 16 callers (µs)", "unary_16.p50_us", ""),
+        ("unary p99, 16 callers (µs)", "unary_16.p99_us", ""),
+        (
+            "exporter CPU per call, 16 callers (µs)",
+            "unary_16.cpu_us_per_call",
+            "≤ 1/20 Python",
+        ),
+        (
+            "streaming `read` (messages/s)",
+            "streaming_16.messages_per_s",
+            "",
+        ),
+        (
+            "echo stream, 256 B writes (MB/s)",
+            "echo_256.mb_per_s",
+            "≥ 30× Python, ≥ 0.8 limit",
+        ),
+        (
+            "echo stream, 4 KiB writes (MB/s)",
+            "echo_4096.mb_per_s",
+            "≥ 0.8 limit",
+        ),
+        (
+            "echo stream, 32 KiB writes (MB/s)",
+            "echo_32768.mb_per_s",
+            "≥ 10× Python, ≥ 0.8 limit",
+        ),
+        (
+            "echo 32 KiB, exporter CPU (s/GB)",
+            "echo_32768.cpu_s_per_gb",
+            "",
+        ),
+        (
+            "stream open → first byte p50 (µs)",
+            "echo_4096.first_byte_p50_us",
+            "",
+        ),
+        (
+            "serial `loop://`, 4 KiB writes (MB/s)",
+            "serial_loop_4096.mb_per_s",
+            "",
+        ),
+        (
+            "serial via a pty echo peer, 4 KiB writes (MB/s)",
+            "serial_pty_4096.mb_per_s",
+            "",
+        ),
+        (
+            "PSS after the run (KiB)",
+            "memory_kib.pss",
+            "≤ 1/10 Python, < 12 MiB",
+        ),
+        ("RSS peak (KiB)", "memory_kib.peak_rss", ""),
+    ];
+    let (o, p, m) = (
+        &results["jmp-exporter"],
+        &results["python 0.9.0"],
+        &results["minimal tonic"],
+    );
+    println!(
+        "\n| | jmp-exporter | Python 0.9.0 | minimal tonic | ours/Python | ours/limit | target |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for (label, key, target) in rows {
+        let (a, b, c) = (get(o, key), get(p, key), get(m, key));
+        println!(
+            "| {label} | {} | {} | {} | {} | {} | {target} |",
+            show(a),
+            show(b),
+            show(c),
+            ratio(a, b),
+            ratio(a, c)
+        );
+    }
+}
+
+pub(crate) fn print_tunnel(results: &Value) {
+    let (direct, routed) = (&results["tunnel"]["direct"], &results["tunnel"]["router"]);
+    println!("\n| through the router tunnel | direct | via router | router/direct | cost (target ≤ 25%) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, key) in [
+        (
+            "unary DriverCall, 16 callers (calls/s)",
+            "unary_16.calls_per_s",
+        ),
+        ("echo stream, 256 B writes (MB/s)", "echo_256.mb_per_s"),
+        ("echo stream, 4 KiB writes (MB/s)", "echo_4096.mb_per_s"),
+        ("echo stream, 32 KiB writes (MB/s)", "echo_32768.mb_per_s"),
+    ] {
+        let (a, b) = (get(direct, key), get(routed, key));
+        println!(
+            "| {label} | {} | {} | {} | {:.0}% |",
+            show(a),
+            show(b),
+            ratio(b, a),
+            (1.0 - b / a) * 100.0
+        );
+    }
+    // Throughput counts every process on the two cores; CPU per call and per byte show what
+    // the tunnel costs each of them, the exporter included.
+    println!(
+        "\n| CPU spent, all on the same two cores | unary, 16 callers (µs per call): direct | via router | echo, 32 KiB writes (s per GB): direct | via router |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let rows = [
+        ("jmp-exporter", "cpu"),
+        ("fake router (its own process)", "router_cpu"),
+        (
+            "load generator, with the client's end of the tunnel",
+            "load_generator_cpu",
+        ),
+    ];
+    let mut totals = [0.0; 4];
+    for (label, prefix) in rows {
+        let cells = [
+            get(direct, &format!("unary_16.{prefix}_us_per_call")),
+            get(routed, &format!("unary_16.{prefix}_us_per_call")),
+            get(direct, &format!("echo_32768.{prefix}_s_per_gb")),
+            get(routed, &format!("echo_32768.{prefix}_s_per_gb")),
+        ];
+        // A process that was not there (no router when reached directly) spent nothing.
+        let cells = cells.map(|c| if c.is_nan() { 0.0 } else { c });
+        for (t, c) in totals.iter_mut().zip(cells) {
+            *t += c;
+        }
+        let shown: Vec<String> = cells
+            .iter()
+            .map(|&c| if c > 0.0 { show(c) } else { String::new() })
+            .collect();
+        println!("| {label} | {} |", shown.join(" | "));
+    }
+    let shown: Vec<String> = totals.iter().map(|&t| show(t)).collect();
+    println!("| all three | {} |", shown.join(" | "));
+    let exporter_ratio = |key: &str| ratio(get(routed, key), get(direct, key));
+    println!(
+        "\nThe exporter's own CPU through the router, against direct: {}× per unary call, {}× per GB \
+         echoed at 32 KiB writes (what limits it where the router and the clients run on other hosts).",
+        exporter_ratio("unary_16.cpu_us_per_call"),
+        exporter_ratio("echo_32768.cpu_s_per_gb"),
+    );
+}
+
+pub(crate) fn print_sustained(results: &Value) {
+    let s = &results["jmp-exporter"]["sustained"];
+    println!(
+        "\nSustained mixed load on jmp-exporter for {:.0} s ({} calls/s, {} byte streams/s), memory every 5 s:\n",
+        get(s, "seconds"),
+        show(get(s, "calls_per_s")),
+        show(get(s, "byte_streams_per_s")),
+    );
+    println!("| | start | end | peak | growth |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, key) in [
+        ("RSS (KiB)", "rss_kib"),
+        ("anonymous (KiB)", "anon_kib"),
+        ("PSS (KiB)", "pss_kib"),
+    ] {
+        let v = &s[key];
+        println!(
+            "| {label} | {} | {} | {} | {} ({:+.1}%) |",
+            show(get(v, "start")),
+            show(get(v, "end")),
+            show(get(v, "peak")),
+            show(get(v, "growth")),
+            get(v, "growth_pct"),
+        );
+    }
+    let samples: Vec<String> = s["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| format!("{}", v["rss_kib"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("\nRSS samples (KiB): {}", samples.join(" "));
+}
