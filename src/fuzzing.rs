@@ -6,10 +6,10 @@
 use bytes::BytesMut;
 use prost::Message;
 
-use crate::edge::AuthorityRewriter;
 use crate::frame;
 use crate::proto::{DriverCallRequest, StreamRequest};
-use crate::value;
+use crate::session::edge::AuthorityRewriter;
+use crate::session::value;
 
 /// The config reader on any text.
 pub fn config(data: &[u8]) {

@@ -13,7 +13,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
-use crate::logs::SessionLogLayer;
+use crate::session::logs::SessionLogLayer;
 
 /// Journald lines: `<priority>message key=value`.
 pub struct JournalFormat;

@@ -165,7 +165,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// Raises the soft open-file limit to the hard one, so that under load the TCP listener's
 /// caps bound what it holds, not the limit; a failure only means the caps are sized lower.
 fn raise_fd_limit() {
-    use jmp_exporter::admission;
+    use jmp_exporter::session::admission;
     let show = |l: Option<u64>| l.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
     match admission::raise_fd_limit() {
         Ok(l) if l.before == l.now => {
@@ -196,7 +196,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     loaded.config.require_lease = args.strict;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(jmp_exporter::server::tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(jmp_exporter::session::server::tls_acceptor(cert, key)?),
         _ => None,
     };
     let tcp = match &args.tls_grpc_listener {
@@ -205,7 +205,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("jmp-exporter: --tls-grpc-listener needs either --tls-grpc-insecure or --tls-cert with --tls-key");
                 return Ok(ExitCode::from(EXIT_CONFIG));
             }
-            match jmp_exporter::server::parse_listen_addr(addr) {
+            match jmp_exporter::session::server::parse_listen_addr(addr) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     eprintln!("jmp-exporter: --tls-grpc-listener: {e}");

@@ -17,12 +17,12 @@ use uuid::Uuid;
 use crate::config::{ExporterConfig, Secret};
 use crate::exit::Exit;
 use crate::hooks;
-use crate::host::{HostError, SessionHost};
 use crate::lifecycle::{Effect, Event, HookPlan, Lifecycle};
-use crate::server;
+use crate::session::host::{HostError, SessionHost};
+use crate::session::server;
+use crate::session::tree::Layout;
 use crate::signal::Stop;
 use crate::systemd;
-use crate::tree::Layout;
 
 /// Lease name of the standalone session, as upstream.
 pub const LEASE_NAME: &str = "standalone";

@@ -15,7 +15,7 @@ use super::link::Link;
 use super::tunnel;
 use crate::backoff::Backoff;
 use crate::proto::ListenRequest;
-use crate::server::ConnSender;
+use crate::session::server::ConnSender;
 
 /// Keeps the lease's Listen stream open and starts a tunnel for every token it delivers.
 /// The call's response headers arrive only once a client has dialled, so nothing waits on it

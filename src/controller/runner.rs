@@ -31,12 +31,12 @@ use crate::backoff::Backoff;
 use crate::config::ExporterConfig;
 use crate::exit::Exit;
 use crate::hooks::{self, HookKind};
-use crate::host::SessionHost;
 use crate::lifecycle::{Effect, Event, HookPlan, LeaseState, Lifecycle};
 use crate::proto::{DriverInstanceReport, ExporterStatus, StatusResponse};
+use crate::session::host::SessionHost;
+use crate::session::tree::{Layout, LayoutError};
 use crate::signal::Stop;
 use crate::systemd;
-use crate::tree::{Layout, LayoutError};
 
 /// Pause before an exporter-initiated release, as upstream.
 const RELEASE_PAUSE: Duration = Duration::from_secs(1);

@@ -30,7 +30,7 @@ use tonic::Streaming;
 use crate::frame::{self, FrameAction};
 use crate::proto::router_service_client::RouterServiceClient;
 use crate::proto::{StreamRequest, StreamResponse};
-use crate::server::{Conn, ConnSender, Origin};
+use crate::session::server::{Conn, ConnSender, Origin};
 
 /// Bytes written but not yet taken into a frame, beyond which writers wait.
 pub const SEND_BUFFER: usize = 256 * 1024;

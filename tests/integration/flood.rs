@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use jmp_exporter::admission::{Caps, HANDSHAKE_DEADLINE};
+use jmp_exporter::session::admission::{Caps, HANDSHAKE_DEADLINE};
 
 use crate::support::exporter::{config, Exporter};
 use crate::support::process::{holdings, rss_kib};

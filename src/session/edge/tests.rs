@@ -15,7 +15,7 @@ use tonic::codegen::http::uri::Authority;
 use super::hpack::{is_plain, repair_authority, DynamicTable};
 use super::*;
 
-const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/grpcio-unix-first-flight.bin");
+const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/grpcio-unix-first-flight.bin");
 
 fn run(input: &[u8]) -> (Vec<u8>, AuthorityRewriter) {
     let mut rewriter = AuthorityRewriter::new();

@@ -1,6 +1,24 @@
 //! One session: a fresh driver tree, the status clients poll, and the log queue. A session is
 //! the whole process in standalone mode and one lease in controller mode; everything a client
 //! can change lives here and dies with it.
+//!
+//! The path every client byte takes, through the modules here: a connection (a listener's, or
+//! a router tunnel handed in) → [`admission`] (handshake deadline and caps on TCP) → [`edge`]
+//! (makes real clients' HTTP/2 acceptable) → [`server`] (one tonic server per session) →
+//! [`service`] (the gRPC handlers, errors mapped once) → [`tree`] (uuid → driver, every call
+//! guarded by [`panics`]) → a driver from `jmp-drivers`. [`host`] starts and ends all of it for
+//! a lease; [`logs`] feeds LogStream; [`value`] is the protobuf Value codec.
+
+pub mod admission;
+pub mod edge;
+pub mod host;
+pub mod logs;
+pub mod panics;
+pub mod rejection;
+pub mod server;
+pub mod service;
+pub mod tree;
+pub mod value;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,9 +27,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::lifecycle::AVAILABLE_MESSAGE;
-use crate::logs::LogQueue;
 use crate::proto::{ExporterStatus, GetStatusResponse};
-use crate::tree::DriverTree;
+use crate::session::logs::LogQueue;
+use crate::session::tree::DriverTree;
 
 /// What `GetStatus` answers.
 #[derive(Clone, Debug, PartialEq)]

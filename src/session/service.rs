@@ -20,9 +20,9 @@ use crate::frame::{self, FrameAction};
 use crate::proto::exporter_service_server::ExporterService;
 use crate::proto::router_service_server::RouterService;
 use crate::proto::*;
+use crate::session::tree::{CallError, DriverRef};
+use crate::session::value;
 use crate::session::{status_name, Session};
-use crate::tree::{CallError, DriverRef};
-use crate::value;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 

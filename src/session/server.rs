@@ -4,7 +4,7 @@
 //! passphrase check, which applies to TCP only (Unix sockets are guarded by file permissions).
 //!
 //! Listeners hand nothing to the server before the peer has spoken: each accepted connection
-//! first goes through [`crate::admission`] (TLS, the HTTP/2 preface, a deadline, caps) on a
+//! first goes through [`crate::session::admission`] (TLS, the HTTP/2 preface, a deadline, caps) on a
 //! task of its listener's tracker.
 //!
 //! Shutdown: when the session token is cancelled every connection reports end of stream on its
@@ -31,13 +31,13 @@ use tonic::service::InterceptorLayer;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
-use crate::admission::{self, Admission, Admitted, Caps, Replay, Reports, Slot, Ticket};
 use crate::backoff::Backoff;
 use crate::config::Secret;
-use crate::edge::Http2Edge;
 use crate::proto::exporter_service_server::ExporterServiceServer;
 use crate::proto::router_service_server::RouterServiceServer;
-use crate::service::SessionService;
+use crate::session::admission::{self, Admission, Admitted, Caps, Replay, Reports, Slot, Ticket};
+use crate::session::edge::Http2Edge;
+use crate::session::service::SessionService;
 use crate::session::Session;
 
 /// Metadata key of the standalone passphrase.
@@ -192,7 +192,9 @@ pub fn start(
             // Bounds what one connection can hold open; a `jmp shell` uses a handful.
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .layer(InterceptorLayer::new(check))
-            .layer(tower::util::MapResponseLayer::new(crate::rejection::log))
+            .layer(tower::util::MapResponseLayer::new(
+                crate::session::rejection::log,
+            ))
             .add_service(ExporterServiceServer::new(service.clone()))
             .add_service(RouterServiceServer::new(service))
             .serve_with_incoming_shutdown(incoming, graceful.cancelled_owned());

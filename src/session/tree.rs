@@ -5,7 +5,7 @@
 //! touches no device: registration with the controller needs nothing else. [`DriverTree`] adds
 //! one session's drivers. Building a driver never fails on a device (the rule of `jmp-drivers`);
 //! a driver that panics while being built is kept in the tree as broken and answers UNAVAILABLE
-//! saying so, and every call into a driver runs under [`crate::panics`], so a driver bug costs
+//! saying so, and every call into a driver runs under [`crate::session::panics`], so a driver bug costs
 //! one call.
 //!
 //! Report order is part of the contract: the root first (no parent), then depth-first in
@@ -23,8 +23,8 @@ use jmp_drivers::{composite, BoxedIo, Driver, DriverError, DriverSpec, Json, Met
 use uuid::Uuid;
 
 use crate::config::{placements, Entry, EntryKind, ExporterConfig};
-use crate::panics::{self, DriverPanic, Guarded};
 use crate::proto::DriverInstanceReport;
+use crate::session::panics::{self, DriverPanic, Guarded};
 
 pub const CLIENT_LABEL: &str = "jumpstarter.dev/client";
 pub const NAME_LABEL: &str = "jumpstarter.dev/name";
@@ -616,7 +616,10 @@ mod tests {
         };
         assert_eq!((&*p.driver, &*p.action), ("dut.buggy", "boom"));
         assert!(p.detail.contains("index out of bounds"), "{p}");
-        assert_eq!(crate::service::status_of(e).code(), tonic::Code::Internal);
+        assert_eq!(
+            crate::session::service::status_of(e).code(),
+            tonic::Code::Internal
+        );
         // The same driver's other method, and other drivers, go on.
         assert_eq!(buggy.call("on", vec![]).await.unwrap(), Json::Null);
         assert_eq!(power.call("on", vec![]).await.unwrap(), Json::Null);
@@ -648,7 +651,7 @@ mod tests {
 
         let unbuilt = by_name(&t, "unbuilt");
         let e = unbuilt.method("on").unwrap_err();
-        let status = crate::service::status_of(e);
+        let status = crate::session::service::status_of(e);
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(
             status

@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use crate::config::{ExporterConfig, Secret};
 use crate::hooks::HookContext;
-use crate::server::{self, ConnSender, ListenError};
+use crate::session::server::{self, ConnSender, ListenError};
+use crate::session::tree::{DriverTree, LayoutError};
 use crate::session::Session;
-use crate::tree::{DriverTree, LayoutError};
 
 /// Time the session gets to drain at its end.
 pub const GRACE: Duration = Duration::from_secs(3);
