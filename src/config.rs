@@ -969,7 +969,7 @@ hooks:
         );
         assert_eq!(power.labels, vec![("room".to_string(), "3".to_string())]);
         assert!(power.uuid.is_some());
-        assert_eq!(c.export[1].client(), Some(composite::CLIENT));
+        assert_eq!(c.export[1].client(), Some(jmp_drivers::client::COMPOSITE));
         let console = resolve(c, &c.export[2]).unwrap();
         assert_eq!(console.name, "serial");
         let hook = c.hooks.before_lease.as_ref().unwrap();

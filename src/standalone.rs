@@ -238,7 +238,7 @@ pub fn describe_tree(config: &ExporterConfig) -> String {
             walk(config, &e.children, depth + 1, out);
         }
     }
-    let mut out = format!("(root) -> {}\n", jmp_drivers::composite::CLIENT);
+    let mut out = format!("(root) -> {}\n", jmp_drivers::client::COMPOSITE);
     walk(config, &config.export, 1, &mut out);
     out
 }

@@ -8,7 +8,6 @@ use crate::yaml::{self, Node};
 use crate::{Driver, DriverError, DriverSpec, Json, MethodKind};
 
 pub const TYPE: &str = "jumpstarter_driver_composite.driver.Composite";
-pub const CLIENT: &str = "jumpstarter_driver_composite.client.CompositeClient";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +23,7 @@ pub struct Composite;
 
 impl DriverSpec for Composite {
     fn client(&self) -> &'static str {
-        CLIENT
+        crate::client::COMPOSITE
     }
 
     fn build(&self) -> Box<dyn Driver> {

@@ -41,6 +41,7 @@
 //!    section); differences from upstream are listed in the README.
 
 pub mod args;
+pub mod client;
 pub mod composite;
 pub mod gpio;
 pub mod mock;
@@ -189,6 +190,3 @@ pub fn factory(type_name: &str) -> Option<Factory> {
         .find(|(name, _)| *name == type_name)
         .map(|(_, f)| *f)
 }
-
-/// The client label of `PowerClient`, shared by every power driver.
-pub const POWER_CLIENT: &str = "jumpstarter_driver_power.client.PowerClient";

@@ -17,7 +17,6 @@ use crate::{
 pub const MOCK_POWER: &str = "jumpstarter_driver_power.driver.MockPower";
 pub const SYNC_MOCK_POWER: &str = "jumpstarter_driver_power.driver.SyncMockPower";
 pub const ECHO_NETWORK: &str = "jumpstarter_driver_network.driver.EchoNetwork";
-pub const NETWORK_CLIENT: &str = "jumpstarter_driver_network.client.NetworkClient";
 
 /// Neither mock takes any settings; an unknown key is still an error, as upstream.
 #[derive(Deserialize)]
@@ -38,7 +37,7 @@ struct MockPowerSpec;
 
 impl DriverSpec for MockPowerSpec {
     fn client(&self) -> &'static str {
-        crate::POWER_CLIENT
+        crate::client::POWER
     }
 
     fn build(&self) -> Box<dyn Driver> {
@@ -82,7 +81,7 @@ struct EchoSpec;
 
 impl DriverSpec for EchoSpec {
     fn client(&self) -> &'static str {
-        NETWORK_CLIENT
+        crate::client::NETWORK
     }
 
     fn build(&self) -> Box<dyn Driver> {

@@ -61,7 +61,10 @@ impl Layout {
     pub fn of(config: &ExporterConfig) -> Result<Self, LayoutError> {
         let root = Uuid::new_v4();
         let mut root_labels = HashMap::new();
-        root_labels.insert(CLIENT_LABEL.to_string(), composite::CLIENT.to_string());
+        root_labels.insert(
+            CLIENT_LABEL.to_string(),
+            jmp_drivers::client::COMPOSITE.to_string(),
+        );
         let mut reports = vec![DriverInstanceReport {
             uuid: root.to_string(),
             parent_uuid: None,
@@ -351,7 +354,7 @@ mod tests {
         assert_eq!(r[1].parent_uuid.as_deref(), Some(r[0].uuid.as_str()));
         assert_eq!(r[1].description.as_deref(), Some("p"));
         assert_eq!(r[3].parent_uuid.as_deref(), Some(r[2].uuid.as_str()));
-        assert_eq!(r[2].labels[CLIENT_LABEL], composite::CLIENT);
+        assert_eq!(r[2].labels[CLIENT_LABEL], jmp_drivers::client::COMPOSITE);
         assert_eq!(
             r[4].labels[CLIENT_LABEL],
             "jumpstarter_driver_pyserial.client.PySerialClient"
@@ -565,7 +568,7 @@ mod tests {
 
     impl DriverSpec for BuggySpec {
         fn client(&self) -> &'static str {
-            jmp_drivers::POWER_CLIENT
+            jmp_drivers::client::POWER
         }
 
         fn build(&self) -> Box<dyn Driver> {

@@ -67,8 +67,6 @@ pub use self::list::list_chips;
 pub const DIGITAL_OUTPUT: &str = "jumpstarter_driver_gpiod.driver.DigitalOutput";
 pub const DIGITAL_INPUT: &str = "jumpstarter_driver_gpiod.driver.DigitalInput";
 pub const POWER_SWITCH: &str = "jumpstarter_driver_gpiod.driver.PowerSwitch";
-pub const OUTPUT_CLIENT: &str = "jumpstarter_driver_gpiod.client.DigitalOutputClient";
-pub const INPUT_CLIENT: &str = "jumpstarter_driver_gpiod.client.DigitalInputClient";
 
 /// Which of the three drivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,9 +104,9 @@ pub struct GpioSpec {
 impl DriverSpec for GpioSpec {
     fn client(&self) -> &'static str {
         match self.kind {
-            Kind::DigitalOutput => OUTPUT_CLIENT,
-            Kind::DigitalInput => INPUT_CLIENT,
-            Kind::PowerSwitch => crate::POWER_CLIENT,
+            Kind::DigitalOutput => crate::client::DIGITAL_OUTPUT,
+            Kind::DigitalInput => crate::client::DIGITAL_INPUT,
+            Kind::PowerSwitch => crate::client::POWER,
         }
     }
 
@@ -158,7 +156,7 @@ impl GpioLine {
         }
     }
 
-    /// A driver holding its line already, as it was (see [`Claim::acquire`]); [`Driver::reset`]
+    /// A driver holding its line already, as it was (see `Claim::acquire`); [`Driver::reset`]
     /// then does the session-start step.
     pub fn open(kind: Kind, spec: Arc<LineSpec>) -> Result<Self, DriverError> {
         let line = Self::new(kind, spec);

@@ -41,19 +41,19 @@ async fn call(d: &GpioLine, method: &str, args: Vec<Json>) -> Result<Json, Drive
 fn the_table_has_the_three_types_with_upstream_client_labels() {
     let node = yaml::parse("line: 1\ndevice: mock://labels\n").unwrap();
     for (ty, client) in [
-        (DIGITAL_OUTPUT, OUTPUT_CLIENT),
-        (DIGITAL_INPUT, INPUT_CLIENT),
-        (POWER_SWITCH, crate::POWER_CLIENT),
+        (DIGITAL_OUTPUT, crate::client::DIGITAL_OUTPUT),
+        (DIGITAL_INPUT, crate::client::DIGITAL_INPUT),
+        (POWER_SWITCH, crate::client::POWER),
     ] {
         let factory = crate::factory(ty).unwrap_or_else(|| panic!("{ty} is not in BUILTIN"));
         assert_eq!(factory(&node, "export.x.config").unwrap().client(), client);
     }
     assert_eq!(
-        OUTPUT_CLIENT,
+        crate::client::DIGITAL_OUTPUT,
         "jumpstarter_driver_gpiod.client.DigitalOutputClient"
     );
     assert_eq!(
-        INPUT_CLIENT,
+        crate::client::DIGITAL_INPUT,
         "jumpstarter_driver_gpiod.client.DigitalInputClient"
     );
 }

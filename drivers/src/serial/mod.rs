@@ -37,7 +37,6 @@ pub use config::{Capture, SerialConfig, Target};
 use port::{Line, Port};
 
 pub const TYPE: &str = "jumpstarter_driver_pyserial.driver.PySerial";
-pub const CLIENT: &str = "jumpstarter_driver_pyserial.client.PySerialClient";
 
 pub fn spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
     let config = Arc::new(config::parse(node, path)?);
@@ -56,7 +55,7 @@ struct SerialSpec {
 
 impl DriverSpec for SerialSpec {
     fn client(&self) -> &'static str {
-        CLIENT
+        crate::client::PYSERIAL
     }
 
     fn start(&self) {

@@ -173,7 +173,7 @@ fn boards(bus: &dyn UsbBus) -> Result<Vec<DeviceInfo>, UsbError> {
 
 impl DriverSpec for YkushSpec {
     fn client(&self) -> &'static str {
-        crate::POWER_CLIENT
+        crate::client::POWER
     }
 
     fn build(&self) -> Box<dyn Driver> {
@@ -518,7 +518,7 @@ mod tests {
             log.display()
         );
         let s = spec(&yaml::parse(&src).unwrap(), "p").unwrap();
-        assert_eq!(s.client(), crate::POWER_CLIENT);
+        assert_eq!(s.client(), crate::client::POWER);
         let d = s.build();
         d.reset().await.unwrap();
         d.call("on", vec![]).await.unwrap();

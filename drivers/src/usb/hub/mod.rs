@@ -83,7 +83,7 @@ struct HubPortSpec {
 
 impl DriverSpec for HubPortSpec {
     fn client(&self) -> &'static str {
-        crate::POWER_CLIENT
+        crate::client::POWER
     }
 
     fn build(&self) -> Box<dyn Driver> {

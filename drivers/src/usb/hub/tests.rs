@@ -478,7 +478,7 @@ async fn the_fake_selected_from_the_config_logs_to_its_file() {
         log.display()
     );
     let spec = spec(&yaml::parse(&src).unwrap(), "export.hub.config").unwrap();
-    assert_eq!(spec.client(), crate::POWER_CLIENT);
+    assert_eq!(spec.client(), crate::client::POWER);
     let d = spec.build();
     d.call("off", vec![]).await.unwrap();
     let text = std::fs::read_to_string(&log).unwrap();

@@ -1,0 +1,10 @@
+//! The Python client classes drivers report as `jumpstarter.dev/client`, in one place: several
+//! drivers share a client (every power switch is a `PowerClient`), and the label is what the
+//! unchanged upstream client builds its object from, so it must be spelt exactly.
+
+pub const COMPOSITE: &str = "jumpstarter_driver_composite.client.CompositeClient";
+pub const POWER: &str = "jumpstarter_driver_power.client.PowerClient";
+pub const NETWORK: &str = "jumpstarter_driver_network.client.NetworkClient";
+pub const PYSERIAL: &str = "jumpstarter_driver_pyserial.client.PySerialClient";
+pub const DIGITAL_OUTPUT: &str = "jumpstarter_driver_gpiod.client.DigitalOutputClient";
+pub const DIGITAL_INPUT: &str = "jumpstarter_driver_gpiod.client.DigitalInputClient";
