@@ -212,10 +212,8 @@ mod tests {
     fn a_panic_becomes_an_error_naming_driver_action_and_message() {
         let e = catch("dut.power", "call on", || -> u32 { panic!("relay stuck") }).unwrap_err();
         assert_eq!(e.driver, "dut.power");
-        assert!(
-            e.detail.starts_with("relay stuck (at src/panics.rs:"),
-            "{e}"
-        );
+        let at = format!("relay stuck (at {}:", file!());
+        assert!(e.detail.starts_with(&at), "{e}");
         assert!(e
             .to_string()
             .contains("driver dut.power panicked in call on"));
