@@ -83,6 +83,14 @@ pub enum EntryKind {
         type_name: String,
         spec: Arc<dyn DriverSpec>,
     },
+    /// A driver run by the unchanged upstream Python code in the driver host, with its whole
+    /// subtree. `mark` is where its `type:` stands (bare composites inside a hosted subtree have
+    /// the composite type and no mark).
+    Hosted {
+        type_name: String,
+        why: HostedWhy,
+        mark: Option<yaml::Mark>,
+    },
     /// An alias of another entry, by its names from the top of `export:`; `mark` is where
     /// the `ref:` value stands, for messages.
     Proxy {
@@ -91,10 +99,25 @@ pub enum EntryKind {
     },
 }
 
+/// Why an entry runs in the Python driver host instead of natively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostedWhy {
+    /// This build has no native driver of that type.
+    NoNativeDriver,
+    /// The entry asks for it (`jmp_hosted: true`).
+    Asked,
+    /// It is inside a hosted entry, whose Python code builds its children.
+    InsideHosted,
+    /// A hosted entry's `ref:` (the dotted name given) refers to it, and upstream shares one
+    /// instance between an alias and its target, which the host can only do for its own.
+    Referenced(String),
+}
+
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             EntryKind::Driver { type_name, .. } => type_name.clone(),
+            EntryKind::Hosted { type_name, .. } => format!("{type_name} (hosted)"),
             EntryKind::Proxy { target, .. } => format!("ref {}", target.join(".")),
         };
         f.debug_struct("Entry")
@@ -119,8 +142,13 @@ impl Entry {
     pub fn client(&self) -> Option<&'static str> {
         match &self.kind {
             EntryKind::Driver { spec, .. } => Some(spec.client()),
-            EntryKind::Proxy { .. } => None,
+            EntryKind::Hosted { .. } | EntryKind::Proxy { .. } => None,
         }
+    }
+
+    /// Whether the Python driver host runs this entry.
+    pub fn is_hosted(&self) -> bool {
+        matches!(self.kind, EntryKind::Hosted { .. })
     }
 }
 
@@ -181,6 +209,8 @@ impl fmt::Display for ConfigErrors {
 pub struct Loaded {
     pub config: ExporterConfig,
     pub warnings: Vec<yaml::Error>,
+    /// The document as read, for the Python driver host to read its entries from.
+    pub source: String,
 }
 
 /// Where `--exporter ALIAS` finds its file, as upstream: the user config directory first
@@ -248,6 +278,7 @@ pub fn parse(
         Ok(Loaded {
             config,
             warnings: reader.warnings,
+            source: source.to_string(),
         })
     } else {
         Err(reader.errors)
@@ -279,7 +310,11 @@ const ENTRY_KEYS: &[&str] = &[
     "description",
     "methods_description",
     "ref",
+    HOSTED_KEY,
 ];
+/// Our entry key (upstream ignores it): run this entry in the Python driver host even though a
+/// native driver exists.
+pub const HOSTED_KEY: &str = "jmp_hosted";
 const INHERITED_DRIVER_KEYS: &[&str] = &["uuid", "labels", "log_level"];
 const LOG_LEVELS: &[&str] = &[
     "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET",
@@ -290,6 +325,8 @@ const LOG_LEVELS: &[&str] = &[
 struct Reader {
     errors: Vec<yaml::Error>,
     warnings: Vec<yaml::Error>,
+    /// How many hosted entries enclose the one being read: their Python code builds it.
+    inside_hosted: usize,
 }
 
 impl Reader {
@@ -535,6 +572,9 @@ impl Reader {
             config.export = self.entries(export, "export");
         }
         self.check_refs(&config);
+        if self.errors.is_empty() {
+            self.host_ref_targets(&mut config);
+        }
         config
     }
 
@@ -631,8 +671,27 @@ impl Reader {
             node.get("methods_description"),
             &join(path, "methods_description"),
         );
+        let asked = match node.get(HOSTED_KEY) {
+            Some(_) => self.boolean(node.get(HOSTED_KEY), &join(path, HOSTED_KEY), false),
+            None => false,
+        };
+        let type_text = node.get("type").and_then(Node::as_scalar);
+        let hosted = if self.inside_hosted > 0 {
+            Some(HostedWhy::InsideHosted)
+        } else if asked {
+            Some(HostedWhy::Asked)
+        } else {
+            type_text
+                .filter(|t| jmp_drivers::factory(t).is_none())
+                .map(|_| HostedWhy::NoNativeDriver)
+        };
         let children = match self.mapping(node.get("children"), &join(path, "children")) {
-            Some(children) => self.entries(children, &join(path, "children")),
+            Some(children) => {
+                self.inside_hosted += usize::from(hosted.is_some());
+                let children = self.entries(children, &join(path, "children"));
+                self.inside_hosted -= usize::from(hosted.is_some());
+                children
+            }
             None => Vec::new(),
         };
         let mut entry = Entry {
@@ -673,18 +732,46 @@ impl Reader {
                 if node.get("children").is_none() {
                     self.warnings.push(yaml::Error::at(path, node, "entry has no `type:`, `children:` or `ref:`; it becomes an empty composite"));
                 }
-                entry.kind = EntryKind::Driver {
-                    type_name: composite::TYPE.to_string(),
-                    spec: Arc::new(composite::Composite),
+                entry.kind = match hosted {
+                    Some(why) => EntryKind::Hosted {
+                        type_name: composite::TYPE.to_string(),
+                        why,
+                        mark: None,
+                    },
+                    None => EntryKind::Driver {
+                        type_name: composite::TYPE.to_string(),
+                        spec: Arc::new(composite::Composite),
+                    },
                 };
                 Some(entry)
             }
             (Some(t), None) => {
                 let type_name = self.text(Some(t), &join(path, "type"))?;
+                if let Some(why) = hosted {
+                    match type_name.rsplit_once('.') {
+                        Some((module, class)) if !module.is_empty() && !class.is_empty() => {}
+                        _ => {
+                            self.error(&join(path, "type"), t, format!("`{type_name}` is not a driver class path; give the module and the class, such as `jumpstarter_driver_opendal.driver.MockStorageMux`"));
+                            return None;
+                        }
+                    }
+                    // Only the keys every driver inherits are ours to read; the Python driver
+                    // checks the rest.
+                    let cpath = join(path, "config");
+                    let _ = self.driver_config(&mut entry, node.get("config"), &cpath);
+                    entry.kind = EntryKind::Hosted {
+                        type_name,
+                        why,
+                        mark: Some(t.mark),
+                    };
+                    return Some(entry);
+                }
                 let Some(factory) = jmp_drivers::factory(&type_name) else {
-                    let supported: Vec<&str> =
-                        jmp_drivers::BUILTIN.iter().map(|(n, _)| *n).collect();
-                    self.error(&join(path, "type"), t, format!("driver type `{type_name}` is not supported by this exporter; supported types: {}", supported.join(", ")));
+                    self.error(
+                        &join(path, "type"),
+                        t,
+                        format!("no driver for `{type_name}`"),
+                    );
                     return None;
                 };
                 let cpath = join(path, "config");
@@ -787,11 +874,87 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// A `ref:` inside a hosted entry is resolved by upstream's code in the host, against the
+    /// host's own tree, and shares one instance with its target: so its target runs in the host
+    /// too (with its subtree), until no hosted alias points outside. An alias chain that passes
+    /// through an alias outside the host cannot be resolved there and is refused.
+    fn host_ref_targets(&mut self, config: &mut ExporterConfig) {
+        for _ in 0..64 {
+            let mut to_host: Vec<(Vec<String>, String)> = Vec::new();
+            fn walk(
+                config: &ExporterConfig,
+                entries: &[Entry],
+                inside: bool,
+                out: &mut Vec<(Vec<String>, String)>,
+                errors: &mut Vec<yaml::Error>,
+            ) {
+                for e in entries {
+                    let inside = inside || e.is_hosted();
+                    if let (true, EntryKind::Proxy { target, mark }) = (inside, &e.kind) {
+                        match config.find(target) {
+                            Some(t) if matches!(t.kind, EntryKind::Proxy { .. }) => {
+                                errors.push(yaml::Error {
+                                    path: join(&e.path, "ref"),
+                                    mark: *mark,
+                                    message: format!("`{}` is itself an alias; inside an entry the Python driver host runs, `ref:` must name the driver entry (`{}`)", target.join("."), resolve(config, t).map(Entry::dotted).unwrap_or_default()),
+                                });
+                            }
+                            Some(t) if !t.is_hosted() => out.push((target.clone(), e.dotted())),
+                            _ => {}
+                        }
+                    }
+                    walk(config, &e.children, inside, out, errors);
+                }
+            }
+            walk(
+                config,
+                &config.export,
+                false,
+                &mut to_host,
+                &mut self.errors,
+            );
+            if to_host.is_empty() {
+                return;
+            }
+            for (target, by) in to_host {
+                if let Some(entry) = find_mut(&mut config.export, &target) {
+                    host_subtree(entry, HostedWhy::Referenced(by));
+                }
+            }
+        }
+    }
+}
+
+fn find_mut<'a>(entries: &'a mut [Entry], names: &[String]) -> Option<&'a mut Entry> {
+    let (first, rest) = names.split_first()?;
+    let entry = entries.iter_mut().find(|e| &e.name == first)?;
+    if rest.is_empty() {
+        Some(entry)
+    } else {
+        find_mut(&mut entry.children, rest)
+    }
+}
+
+/// Hands a native entry and everything below it to the Python driver host.
+fn host_subtree(entry: &mut Entry, why: HostedWhy) {
+    if let EntryKind::Driver { type_name, .. } = &entry.kind {
+        entry.kind = EntryKind::Hosted {
+            type_name: type_name.clone(),
+            why,
+            mark: None,
+        };
+    }
+    for child in &mut entry.children {
+        host_subtree(child, HostedWhy::InsideHosted);
+    }
+}
+
 /// Follows `ref:` aliases to the driver entry they name.
 pub fn resolve<'a>(config: &'a ExporterConfig, mut entry: &'a Entry) -> Result<&'a Entry, String> {
     for _ in 0..32 {
         match &entry.kind {
-            EntryKind::Driver { .. } => return Ok(entry),
+            EntryKind::Driver { .. } | EntryKind::Hosted { .. } => return Ok(entry),
             EntryKind::Proxy { target, .. } => {
                 entry = config.find(target).ok_or_else(|| {
                     format!("`{}` names no entry; use the dot-separated names from the top of `export:` (e.g. `dut.power`)", target.join("."))
@@ -838,7 +1001,7 @@ pub fn placements(config: &ExporterConfig) -> Result<Vec<Placement<'_>>, yaml::E
             let at_ref = |message: String| {
                 let mark = match &placed.kind {
                     EntryKind::Proxy { mark, .. } => *mark,
-                    EntryKind::Driver { .. } => None,
+                    EntryKind::Driver { .. } | EntryKind::Hosted { .. } => None,
                 };
                 yaml::Error {
                     path: join(&placed.path, "ref"),
@@ -984,7 +1147,7 @@ hooks:
     #[test]
     fn every_error_is_reported_with_path_and_line() {
         let errors = errs(
-            "metadata:\n  name: x\n  labels: {}\nexport:\n  a:\n    type: nope.Driver\n  b:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: loop://\n      baudrate: fast\n  c:\n    ref: missing.thing\n",
+            "metadata:\n  name: x\n  labels: {}\nexport:\n  a:\n    type: NopeDriver\n  b:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: loop://\n      baudrate: fast\n  c:\n    ref: missing.thing\n",
         );
         assert_eq!(errors.len(), 4, "{errors:#?}");
         assert!(
@@ -993,12 +1156,12 @@ hooks:
             errors[0]
         );
         assert!(
-            errors[1]
-                .starts_with("export.a.type (line 6): driver type `nope.Driver` is not supported"),
+            errors[1].starts_with(
+                "export.a.type (line 6): `NopeDriver` is not a driver class path; give the module and the class"
+            ),
             "{}",
             errors[1]
         );
-        assert!(errors[1].contains("jumpstarter_driver_power.driver.MockPower"));
         assert!(
             errors[2].starts_with("export.b.config.baudrate (line 11): "),
             "{}",

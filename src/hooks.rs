@@ -30,7 +30,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 const DRAIN: Duration = Duration::from_secs(1);
 
 /// Environment variables the exporter holds that a hook must not inherit.
-const SECRET_ENV: &[&str] = &["JMP_EXPORTER_PASSPHRASE", "JMP_GRPC_PASSPHRASE"];
+pub const SECRET_ENV: &[&str] = &["JMP_EXPORTER_PASSPHRASE", "JMP_GRPC_PASSPHRASE"];
 
 /// Which hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

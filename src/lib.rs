@@ -12,6 +12,7 @@
 //!   [`logging`], [`backoff`]; [`proto`] and [`frame`] are wire formats.
 
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod exit;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use jmp_exporter::check;
 use jmp_exporter::config::{self, Secret};
 use jmp_exporter::exit::{Exit, CONFIG_ERROR as EXIT_CONFIG};
 use jmp_exporter::signal::Stop;
@@ -49,10 +50,13 @@ impl ConfigSource {
 enum Command {
     /// Run the exporter.
     Run(RunArgs),
-    /// Check a config file and print its driver tree, or every error in it.
+    /// Check a config file and print its driver tree (native or in the Python driver host),
+    /// or every error in it.
     Check {
         #[command(flatten)]
         source: ConfigSource,
+        #[command(flatten)]
+        python: PythonArg,
     },
     /// List the hardware a config can name: USB hubs and YKUSH boards, GPIO chips and lines,
     /// serial ports.
@@ -73,10 +77,21 @@ enum ListWhat {
     Serial,
 }
 
+/// The interpreter for drivers without a native implementation.
+#[derive(Args)]
+struct PythonArg {
+    /// Python interpreter that runs upstream Python drivers (the virtualenv where jumpstarter
+    /// 0.9.0 and the driver packages are installed); default: python3 from PATH.
+    #[arg(long = "python", env = "JMP_EXPORTER_PYTHON", value_name = "PATH")]
+    path: Option<PathBuf>,
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     source: ConfigSource,
+    #[command(flatten)]
+    python: PythonArg,
     /// Serve the session on this Unix socket (for JUMPSTARTER_HOST=PATH clients).
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -105,8 +120,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     jmp_exporter::logging::init(&cli.log_level);
     match cli.command {
-        Command::Check { source } => match source.path() {
-            Ok(path) => check(&path),
+        Command::Check { source, python } => match source.path() {
+            Ok(path) => check(&path, python.path),
             Err(e) => {
                 eprintln!("jmp-exporter: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -154,12 +169,50 @@ fn list(what: ListWhat) {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, python: Option<PathBuf>) -> ExitCode {
     let Some(loaded) = load(path) else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    print!("{}", standalone::describe_tree(&loaded.config));
-    ExitCode::SUCCESS
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("jmp-exporter: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let python = check::python(python);
+    runtime.block_on(async {
+        match check::start_hosting(&loaded, python).await {
+            Ok(hosting) => {
+                print!(
+                    "{}",
+                    check::describe_tree(&loaded.config, hosting.as_deref())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                print_config_errors(path, &errors);
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+    })
+}
+
+/// Config errors found beyond the YAML itself (the Python driver host's imports), printed as
+/// the YAML ones are.
+fn print_config_errors(path: &std::path::Path, errors: &[String]) {
+    let n = errors.len();
+    eprintln!(
+        "{}: {n} configuration error{}",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    for e in errors {
+        eprintln!("  {e}");
+    }
 }
 
 /// Raises the soft open-file limit to the hard one, so that under load the TCP listener's
@@ -252,16 +305,25 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let python = check::python(args.python.path);
     // Each failure carries the exit code that tells systemd whether a restart can help.
     let ended: Result<Exit, (String, u8)> = runtime.block_on(async move {
+        // Hosted classes are checked before anything binds; a missing one is a config error.
+        let hosting = match check::start_hosting(&loaded, python).await {
+            Ok(hosting) => hosting,
+            Err(errors) => {
+                print_config_errors(&config_path, &errors);
+                return Err((String::new(), EXIT_CONFIG));
+            }
+        };
         let stop = Stop::from_signals();
         jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
         if controller_mode {
-            jmp_exporter::controller::runner::run(loaded.config, stop)
+            jmp_exporter::controller::runner::run(loaded.config, hosting, stop)
                 .await
                 .map_err(|e| (e.to_string(), e.exit_code()))
         } else {
-            standalone::run(loaded.config, listeners, stop)
+            standalone::run(loaded.config, hosting, listeners, stop)
                 .await
                 .map_err(|e| (e.to_string(), e.exit_code()))
         }
@@ -269,7 +331,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(match ended {
         Ok(exit) => ExitCode::from(exit.code()),
         Err((message, code)) => {
-            eprintln!("jmp-exporter: {message}");
+            if !message.is_empty() {
+                eprintln!("jmp-exporter: {message}");
+            }
             ExitCode::from(code)
         }
     })

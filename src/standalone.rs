@@ -3,9 +3,10 @@
 //! controller lease: the beforeLease hook at start, the afterLease hook at EndSession or
 //! shutdown, whichever comes first. Statuses stay local.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,6 +20,7 @@ use crate::exit::Exit;
 use crate::hooks;
 use crate::lifecycle::{Effect, Event, HookPlan, Lifecycle};
 use crate::session::host::{HostError, SessionHost};
+use crate::session::hosted::Hosting;
 use crate::session::server;
 use crate::session::tree::Layout;
 use crate::signal::Stop;
@@ -44,11 +46,17 @@ pub struct Running {
 }
 
 /// Builds the session and binds every listener; serving goes on in the background.
-pub async fn start(config: &ExporterConfig, listeners: Listeners) -> Result<Running, HostError> {
-    Layout::of(config)?.start_owners();
+pub async fn start(
+    config: &ExporterConfig,
+    hosting: Option<Arc<Hosting>>,
+    listeners: Listeners,
+) -> Result<Running, HostError> {
+    let no_labels = HashMap::new();
+    Layout::of(config, hosting.as_ref().map_or(&no_labels, |h| h.labels()))?.start_owners();
     let (ends_tx, ends) = mpsc::channel(4);
     let host = SessionHost::start(
         config,
+        hosting.as_ref(),
         Uuid::new_v4(),
         LEASE_NAME.to_string(),
         ends_tx,
@@ -83,10 +91,11 @@ pub async fn start(config: &ExporterConfig, listeners: Listeners) -> Result<Runn
 /// is the only lease.
 pub async fn run(
     config: ExporterConfig,
+    hosting: Option<Arc<Hosting>>,
     listeners: Listeners,
     stop: Stop,
 ) -> Result<Exit, HostError> {
-    let mut running = start(&config, listeners).await?;
+    let mut running = start(&config, hosting, listeners).await?;
     let plan = HookPlan {
         before: config.hooks.before_lease.as_ref().map(|h| h.on_failure),
         after: config.hooks.after_lease.as_ref().map(|h| h.on_failure),
@@ -208,57 +217,5 @@ impl Machine<'_> {
                 }
             }
         }
-    }
-}
-
-/// The driver tree as `check` prints it: names, types and client labels.
-pub fn describe_tree(config: &ExporterConfig) -> String {
-    use crate::config::{resolve, Entry, EntryKind};
-    use std::fmt::Write as _;
-    fn walk(config: &ExporterConfig, entries: &[Entry], depth: usize, out: &mut String) {
-        for e in entries {
-            let indent = "  ".repeat(depth);
-            match &e.kind {
-                EntryKind::Driver { type_name, spec } => {
-                    let _ = writeln!(out, "{indent}{}: {type_name} -> {}", e.name, spec.client());
-                }
-                EntryKind::Proxy { target, .. } => {
-                    let client = resolve(config, e)
-                        .ok()
-                        .and_then(Entry::client)
-                        .unwrap_or("?");
-                    let _ = writeln!(
-                        out,
-                        "{indent}{}: ref {} -> {client}",
-                        e.name,
-                        target.join(".")
-                    );
-                }
-            }
-            walk(config, &e.children, depth + 1, out);
-        }
-    }
-    let mut out = format!("(root) -> {}\n", jmp_drivers::client::COMPOSITE);
-    walk(config, &config.export, 1, &mut out);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn check_output_lists_names_types_and_clients() {
-        let config = crate::config::parse(
-            "metadata: {}\nexport:\n  power: {type: jumpstarter_driver_power.driver.MockPower}\n  dut:\n    children:\n      s: {type: jumpstarter_driver_pyserial.driver.PySerial, config: {url: 'loop://'}}\n  c: {ref: dut.s}\n",
-            &|_| None,
-        )
-        .unwrap()
-        .config;
-        let text = describe_tree(&config);
-        assert_eq!(
-            text,
-            "(root) -> jumpstarter_driver_composite.client.CompositeClient\n  power: jumpstarter_driver_power.driver.MockPower -> jumpstarter_driver_power.client.PowerClient\n  dut: jumpstarter_driver_composite.driver.Composite -> jumpstarter_driver_composite.client.CompositeClient\n    s: jumpstarter_driver_pyserial.driver.PySerial -> jumpstarter_driver_pyserial.client.PySerialClient\n  c: ref dut.s -> jumpstarter_driver_pyserial.client.PySerialClient\n"
-        );
     }
 }

@@ -9,7 +9,7 @@
 //! host owns a lease's listeners and tunnels, the runner's job tracker owns hook runs and
 //! releases, and shutdown cancels and awaits both, within budgets.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +34,7 @@ use crate::hooks::{self, HookKind};
 use crate::lifecycle::{Effect, Event, HookPlan, LeaseState, Lifecycle};
 use crate::proto::{DriverInstanceReport, ExporterStatus, StatusResponse};
 use crate::session::host::SessionHost;
+use crate::session::hosted::Hosting;
 use crate::session::tree::{Layout, LayoutError};
 use crate::signal::Stop;
 use crate::systemd;
@@ -66,10 +67,16 @@ impl RunError {
 }
 
 /// Runs in controller mode until told to stop.
-pub async fn run(config: ExporterConfig, stop: Stop) -> Result<Exit, RunError> {
+pub async fn run(
+    config: ExporterConfig,
+    hosting: Option<Arc<Hosting>>,
+    stop: Stop,
+) -> Result<Exit, RunError> {
     let link = Arc::new(Link::new(&config)?);
-    // Reports come from the config alone; registering opens no device.
-    let layout = Layout::of(&config)?;
+    // Reports come from the config (and the hosted classes' client labels); registering opens
+    // no device and builds no driver.
+    let no_labels = HashMap::new();
+    let layout = Layout::of(&config, hosting.as_ref().map_or(&no_labels, |h| h.labels()))?;
     layout.start_owners();
     let plan = HookPlan {
         before: config.hooks.before_lease.as_ref().map(|h| h.on_failure),
@@ -80,6 +87,7 @@ pub async fn run(config: ExporterConfig, stop: Stop) -> Result<Exit, RunError> {
     let (job_tx, job_rx) = mpsc::channel(JOB_RESULTS);
     let runner = Runner {
         config: Arc::new(config),
+        hosting,
         exporter_uuid: Uuid::new_v4(),
         reports: layout.reports().to_vec(),
         reporter: Reporter::spawn(link.clone()),
@@ -164,6 +172,7 @@ enum Step {
 
 struct Runner {
     config: Arc<ExporterConfig>,
+    hosting: Option<Arc<Hosting>>,
     exporter_uuid: Uuid,
     link: Arc<Link>,
     reports: Vec<DriverInstanceReport>,
@@ -348,6 +357,7 @@ impl Runner {
         let span = tracing::info_span!("lease", lease = %name);
         let started = SessionHost::start(
             &self.config,
+            self.hosting.as_ref(),
             self.exporter_uuid,
             name.clone(),
             self.end_tx.clone(),

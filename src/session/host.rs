@@ -2,6 +2,7 @@
 //! connections feeding it, started together at lease start and ended together at lease end.
 //! Shared by controller mode (one per lease) and standalone mode (one per process).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use uuid::Uuid;
 
 use crate::config::{ExporterConfig, Secret};
 use crate::hooks::HookContext;
+use crate::session::hosted::{HostedSession, Hosting};
 use crate::session::server::{self, ConnSender, ListenError};
-use crate::session::tree::{DriverTree, LayoutError};
+use crate::session::tree::{DriverTree, Layout, LayoutError};
 use crate::session::Session;
 
 /// Time the session gets to drain at its end.
@@ -53,6 +55,9 @@ pub struct SessionHost {
     /// The Unix socket hooks reach the session on (`JUMPSTARTER_HOST`).
     pub hook_socket: PathBuf,
     server: JoinHandle<()>,
+    /// This session's hosted drivers, and where the next session's come from.
+    hosted: Option<Arc<HostedSession>>,
+    hosting: Option<Arc<Hosting>>,
     /// Private (0700) directory holding the hook socket; removed with the host.
     _runtime_dir: tempfile::TempDir,
 }
@@ -62,12 +67,26 @@ impl SessionHost {
     /// driver's calls), and serves the session on a new hook socket.
     pub async fn start(
         config: &ExporterConfig,
+        hosting: Option<&Arc<Hosting>>,
         exporter_uuid: Uuid,
         lease: String,
         on_end: mpsc::Sender<String>,
         passphrase: Option<Secret>,
     ) -> Result<Self, HostError> {
-        let tree = DriverTree::build(config)?;
+        let runtime_dir = runtime_dir().map_err(HostError::RuntimeDir)?;
+        let hook_socket = runtime_dir.path().join("hook.sock");
+        let empty = HashMap::new();
+        let layout = Layout::of(config, hosting.map_or(&empty, |h| h.labels()))?;
+        // Fresh hosted drivers too: the host builds them for this session.
+        let hosted = match hosting {
+            Some(hosting) => {
+                let hosted = Arc::new(hosting.serve(layout.hosted_uuids()).await);
+                hosted.watch();
+                Some(hosted)
+            }
+            None => None,
+        };
+        let tree = DriverTree::from_layout(layout, hosted.clone());
         // A driver that cannot reach its device says so at its calls; the session starts.
         tree.reset().await;
         let session = Session::for_lease(exporter_uuid, tree, lease, on_end);
@@ -77,9 +96,14 @@ impl SessionHost {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (conns, server) = server::start(session.clone(), passphrase, stop.clone());
-        let runtime_dir = runtime_dir().map_err(HostError::RuntimeDir)?;
-        let hook_socket = runtime_dir.path().join("hook.sock");
-        server::listen_unix(&hook_socket, conns.clone(), stop.clone(), &tasks)?;
+        if let Err(e) = server::listen_unix(&hook_socket, conns.clone(), stop.clone(), &tasks) {
+            stop.cancel();
+            session.tree.close().await;
+            if let Some(hosted) = &hosted {
+                hosted.end().await;
+            }
+            return Err(e.into());
+        }
         Ok(Self {
             session,
             conns,
@@ -87,6 +111,8 @@ impl SessionHost {
             tasks,
             hook_socket,
             server,
+            hosted,
+            hosting: hosting.cloned(),
             _runtime_dir: runtime_dir,
         })
     }
@@ -114,6 +140,17 @@ impl SessionHost {
             tracing::warn!("session connections did not close within {GRACE:?}");
         }
         self.session.tree.close().await;
+        if let Some(hosted) = &self.hosted {
+            hosted.end().await;
+        }
+        if let Some(hosting) = &self.hosting {
+            hosting.prepare_next();
+        }
+    }
+
+    /// The process id of this session's Python driver host, if one serves it.
+    pub fn hosted_pid(&self) -> Option<u32> {
+        self.hosted.as_ref().and_then(|h| h.pid())
     }
 }
 

@@ -90,18 +90,25 @@ impl<S: Subscriber> Layer<S> for SessionLogLayer {
         if !sinks.iter().any(|s| s.strong_count() > 0) {
             return;
         }
-        let mut text = MessageText::default();
+        let hosted = meta.target() == crate::session::hosted::process::LOG_TARGET;
+        let mut text = MessageText {
+            // A hosted driver's record reaches clients as upstream would send it: its message.
+            message_only: hosted,
+            ..MessageText::default()
+        };
         event.record(&mut text);
         let source = match meta.target() {
             crate::hooks::BEFORE_TARGET => LogSource::BeforeLeaseHook,
             crate::hooks::AFTER_TARGET => LogSource::AfterLeaseHook,
             t if t.starts_with("jmp_drivers") => LogSource::Driver,
+            // Upstream's session sends `driver.*` loggers as driver records, the rest as system.
+            _ if hosted && text.logger.starts_with("driver.") => LogSource::Driver,
             _ => LogSource::System,
         };
         let record = LogStreamResponse {
             uuid: String::new(),
             severity: severity(*meta.level()).to_string(),
-            message: text.0,
+            message: text.text,
             source: Some(source as i32),
         };
         for sink in sinks.iter().filter_map(Weak::upgrade) {
@@ -122,33 +129,42 @@ fn severity(level: Level) -> &'static str {
 
 /// The message, then `key=value` for the other fields.
 #[derive(Default)]
-struct MessageText(String);
+struct MessageText {
+    text: String,
+    /// Leave the other fields out.
+    message_only: bool,
+    /// The `logger` field (a hosted record's Python logger).
+    logger: String,
+}
 
 impl Visit for MessageText {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let mut message = format!("{value:?}");
-            if !self.0.is_empty() {
+            if !self.text.is_empty() {
                 message.push(' ');
-                message.push_str(&self.0);
+                message.push_str(&self.text);
             }
-            self.0 = message;
-        } else {
-            if !self.0.is_empty() {
-                self.0.push(' ');
+            self.text = message;
+        } else if !self.message_only {
+            if !self.text.is_empty() {
+                self.text.push(' ');
             }
-            let _ = write!(self.0, "{}={value:?}", field.name());
+            let _ = write!(self.text, "{}={value:?}", field.name());
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "logger" {
+            self.logger = value.to_string();
+        }
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
-        } else {
-            if !self.0.is_empty() {
-                self.0.push(' ');
+        } else if !self.message_only {
+            if !self.text.is_empty() {
+                self.text.push(' ');
             }
-            let _ = write!(self.0, "{}={value}", field.name());
+            let _ = write!(self.text, "{}={value}", field.name());
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod edge;
 pub mod host;
+pub mod hosted;
 pub mod logs;
 pub mod panics;
 pub mod rejection;

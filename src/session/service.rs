@@ -40,27 +40,11 @@ impl SessionService {
     /// Finds the driver and checks that `method` is exported with the kind the client used;
     /// in strict mode, first that a lease is active.
     fn lookup(&self, uuid: &str, method: &str, kind: MethodKind) -> Result<DriverRef, Status> {
-        if let Some(status) = self.session.call_refused_by() {
-            tracing::debug!(
-                method = %shorten(method),
-                "refused a driver call: strict mode needs an active lease (status {})",
-                status_name(status)
-            );
-            // Upstream's intended wording; the Python client turns it into ExporterNotReady.
-            return Err(Status::failed_precondition(format!(
-                "Exporter not ready for driver calls (status: {})",
-                status_name(status)
-            )));
+        let driver = self.find(uuid, method)?;
+        if driver.hosted().is_some() {
+            // The host's session answers for its methods, as upstream's does.
+            return Ok(driver);
         }
-        let driver = Uuid::parse_str(uuid)
-            .ok()
-            .and_then(|u| self.session.tree.driver(&u).cloned())
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no driver with uuid {:?} in this session; GetReport lists the current ones",
-                    shorten(uuid)
-                ))
-            })?;
         match driver.method(method).map_err(status_of)? {
             None => Err(Status::not_found(format!(
                 "method {} not found on driver",
@@ -73,6 +57,32 @@ impl SessionService {
             ))),
             Some(_) => Ok(driver),
         }
+    }
+
+    /// The driver of `uuid`, once strict mode (if on) lets driver work through; `what` names
+    /// the method or stream for the log.
+    fn find(&self, uuid: &str, what: &str) -> Result<DriverRef, Status> {
+        if let Some(status) = self.session.call_refused_by() {
+            tracing::debug!(
+                method = %shorten(what),
+                "refused a driver call: strict mode needs an active lease (status {})",
+                status_name(status)
+            );
+            // Upstream's intended wording; the Python client turns it into ExporterNotReady.
+            return Err(Status::failed_precondition(format!(
+                "Exporter not ready for driver calls (status: {})",
+                status_name(status)
+            )));
+        }
+        Uuid::parse_str(uuid)
+            .ok()
+            .and_then(|u| self.session.tree.driver(&u).cloned())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no driver with uuid {:?} in this session; GetReport lists the current ones",
+                    shorten(uuid)
+                ))
+            })
     }
 }
 
@@ -123,6 +133,9 @@ impl ExporterService for SessionService {
     ) -> Result<Response<DriverCallResponse>, Status> {
         let req = request.into_inner();
         let driver = self.lookup(&req.uuid, &req.method, MethodKind::Call)?;
+        if let Some(hosted) = driver.hosted() {
+            return hosted.driver_call(req).await;
+        }
         let args = req.args.into_iter().map(value::to_json).collect();
         let span = tracing::debug_span!("call", driver = %req.uuid, method = %req.method);
         let result = driver
@@ -147,6 +160,9 @@ impl ExporterService for SessionService {
     ) -> Result<Response<Self::StreamingDriverCallStream>, Status> {
         let req = request.into_inner();
         let driver = self.lookup(&req.uuid, &req.method, MethodKind::Streaming)?;
+        if let Some(hosted) = driver.hosted() {
+            return Ok(Response::new(hosted.streaming_driver_call(req).await?));
+        }
         let args = req.args.into_iter().map(value::to_json).collect();
         let results = driver
             .streaming_call(&req.method, args)
@@ -208,7 +224,7 @@ impl ExporterService for SessionService {
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum StreamTarget {
     Driver { uuid: String, method: String },
-    Resource {},
+    Resource { uuid: String },
 }
 
 #[tonic::async_trait]
@@ -231,13 +247,24 @@ impl RouterService for SessionService {
             })?;
         let (uuid, method) = match target {
             StreamTarget::Driver { uuid, method } => (uuid, method),
-            StreamTarget::Resource {} => {
-                return Err(Status::unimplemented(
-                    "resource streams (used for flashing) are not supported by this exporter",
-                ))
+            StreamTarget::Resource { uuid } => {
+                let driver = self.find(&uuid, "a resource stream")?;
+                return match driver.hosted() {
+                    Some(hosted) => {
+                        let metadata = request.metadata().clone();
+                        hosted.stream(&metadata, request.into_inner()).await
+                    }
+                    None => Err(Status::unimplemented(
+                        "resource streams (used for flashing) to native drivers are not supported by this exporter yet",
+                    )),
+                };
             }
         };
         let driver = self.lookup(&uuid, &method, MethodKind::ByteStream)?;
+        if let Some(hosted) = driver.hosted() {
+            let metadata = request.metadata().clone();
+            return hosted.stream(&metadata, request.into_inner()).await;
+        }
         let io = driver.connect(&method).await.map_err(status_of)?;
         tracing::debug!(driver = %uuid, method = %method, "byte stream opened");
         let (device_rx, device_tx) = tokio::io::split(io);

@@ -24,6 +24,8 @@ use uuid::Uuid;
 
 use crate::config::{placements, Entry, EntryKind, ExporterConfig};
 use crate::proto::DriverInstanceReport;
+use crate::session::hosted::proxy::HostedRef;
+use crate::session::hosted::HostedSession;
 use crate::session::panics::{self, DriverPanic, Guarded};
 
 pub const CLIENT_LABEL: &str = "jumpstarter.dev/client";
@@ -45,7 +47,13 @@ struct Planned {
     uuid: Uuid,
     /// Dotted entry name (`dut.power`), for messages.
     name: Arc<str>,
-    spec: Arc<dyn DriverSpec>,
+    build: Build,
+}
+
+enum Build {
+    Native(Arc<dyn DriverSpec>),
+    /// Built by the Python driver host.
+    Hosted,
 }
 
 /// What the config says about the tree, with UUIDs chosen: no driver built, no device touched.
@@ -57,8 +65,12 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Lays out `config`: fixed UUIDs from `config.uuid`, fresh ones otherwise.
-    pub fn of(config: &ExporterConfig) -> Result<Self, LayoutError> {
+    /// Lays out `config`: fixed UUIDs from `config.uuid`, fresh ones otherwise. `hosted_labels`
+    /// gives the client class of each hosted entry (dotted name), as the host imported it.
+    pub fn of(
+        config: &ExporterConfig,
+        hosted_labels: &HashMap<String, String>,
+    ) -> Result<Self, LayoutError> {
         let root = Uuid::new_v4();
         let mut root_labels = HashMap::new();
         root_labels.insert(
@@ -75,7 +87,7 @@ impl Layout {
         let mut planned = vec![Planned {
             uuid: root,
             name: ROOT_NAME.into(),
-            spec: Arc::new(composite::Composite),
+            build: Build::Native(Arc::new(composite::Composite)),
         }];
 
         let placements = placements(config).map_err(|e| LayoutError {
@@ -95,8 +107,21 @@ impl Layout {
             .collect();
         let uuid_of = |e: &Entry| uuids.get(&(e as *const Entry)).copied();
         for p in &placements {
-            let EntryKind::Driver { spec, .. } = &p.target.kind else {
-                continue;
+            let (client, extra, build) = match &p.target.kind {
+                EntryKind::Driver { spec, .. } => (
+                    spec.client().to_string(),
+                    spec.extra_labels(),
+                    Build::Native(spec.clone()),
+                ),
+                EntryKind::Hosted { .. } => (
+                    hosted_labels
+                        .get(&p.target.dotted())
+                        .cloned()
+                        .unwrap_or_else(|| jmp_drivers::client::COMPOSITE.to_string()),
+                    Vec::new(),
+                    Build::Hosted,
+                ),
+                EntryKind::Proxy { .. } => continue,
             };
             let (Some(uuid), Some(parent)) =
                 (uuid_of(p.target), p.parent.map_or(Some(root), uuid_of))
@@ -104,8 +129,8 @@ impl Layout {
                 continue;
             };
             let mut labels: HashMap<String, String> = p.target.labels.iter().cloned().collect();
-            labels.extend(spec.extra_labels());
-            labels.insert(CLIENT_LABEL.into(), spec.client().into());
+            labels.extend(extra);
+            labels.insert(CLIENT_LABEL.into(), client);
             labels.insert(NAME_LABEL.into(), p.placed.name.clone());
             reports.push(DriverInstanceReport {
                 uuid: uuid.to_string(),
@@ -118,7 +143,7 @@ impl Layout {
                 planned.push(Planned {
                     uuid,
                     name: p.placed.dotted().into(),
-                    spec: spec.clone(),
+                    build,
                 });
             }
         }
@@ -137,8 +162,19 @@ impl Layout {
     /// ([`DriverSpec::start`]); the exporter does this once, when it starts serving.
     pub fn start_owners(&self) {
         for p in &self.planned {
-            let _ = panics::catch(&p.name, "start", || p.spec.start());
+            if let Build::Native(spec) = &p.build {
+                let _ = panics::catch(&p.name, "start", || spec.start());
+            }
         }
+    }
+
+    /// The UUID of every hosted entry (dotted name → UUID), for the host to build them with.
+    pub fn hosted_uuids(&self) -> HashMap<String, String> {
+        self.planned
+            .iter()
+            .filter(|p| matches!(p.build, Build::Hosted))
+            .map(|p| (p.name.to_string(), p.uuid.to_string()))
+            .collect()
     }
 }
 
@@ -154,6 +190,8 @@ pub enum CallError {
 #[derive(Clone)]
 enum Slot {
     Ready(Arc<dyn Driver>),
+    /// Run by the Python driver host; calls are forwarded as they come.
+    Hosted(HostedRef),
     /// Could not be built this session; the text says why.
     Broken(Arc<str>),
 }
@@ -172,6 +210,16 @@ impl DriverRef {
         match &self.slot {
             Slot::Ready(d) => Ok(panics::catch(&self.name, method, || d.method(method))?),
             Slot::Broken(why) => Err(DriverError::Unavailable(why.to_string()).into()),
+            // The host's session looks methods up as upstream does.
+            Slot::Hosted(_) => Ok(None),
+        }
+    }
+
+    /// The hosted driver this is, if the Python driver host runs it.
+    pub fn hosted(&self) -> Option<&HostedRef> {
+        match &self.slot {
+            Slot::Hosted(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -179,6 +227,11 @@ impl DriverRef {
         match &self.slot {
             Slot::Ready(d) => Ok(d),
             Slot::Broken(why) => Err(DriverError::Unavailable(why.to_string()).into()),
+            Slot::Hosted(_) => Err(DriverError::Failed(format!(
+                "{} runs in the Python driver host; its calls are forwarded there",
+                self.name
+            ))
+            .into()),
         }
     }
 
@@ -242,6 +295,34 @@ impl Stream for GuardedResults {
     }
 }
 
+/// A hosted entry's slot: forwarded to the host, or broken with the Python error if the host
+/// could not build it (or the entry that holds it).
+fn hosted_slot(name: &str, hosted: Option<&Arc<HostedSession>>) -> Slot {
+    let Some(session) = hosted else {
+        return Slot::Broken(
+            format!("{name} needs the Python driver host, which is not running").into(),
+        );
+    };
+    let failed = session
+        .failed
+        .iter()
+        .find(|(root, _)| name == root.as_str() || name.starts_with(&format!("{root}.")));
+    match failed {
+        Some((root, (error, _))) if root == name => {
+            Slot::Broken(format!("the Python driver {name} could not be built: {error}").into())
+        }
+        Some((root, (error, _))) => Slot::Broken(
+            format!(
+                "{name} is part of {root}, which the Python driver host could not build: {error}"
+            )
+            .into(),
+        ),
+        None => Slot::Hosted(HostedRef {
+            session: session.clone(),
+        }),
+    }
+}
+
 /// One session's drivers.
 pub struct DriverTree {
     pub root: Uuid,
@@ -254,24 +335,46 @@ pub struct DriverTree {
 impl DriverTree {
     /// Lays out `config` and builds fresh drivers for it.
     pub fn build(config: &ExporterConfig) -> Result<Self, LayoutError> {
-        Ok(Self::from_layout(Layout::of(config)?))
+        Ok(Self::from_layout(
+            Layout::of(config, &HashMap::new())?,
+            None,
+        ))
     }
 
-    /// Builds a fresh driver for every planned entry.
-    pub fn from_layout(layout: Layout) -> Self {
+    /// Builds a fresh driver for every planned entry; hosted entries are the `hosted`
+    /// session's (their reports become the host's).
+    pub fn from_layout(layout: Layout, hosted: Option<Arc<HostedSession>>) -> Self {
         let mut drivers = HashMap::new();
         let mut order = Vec::new();
+        let mut reports = layout.reports;
         for p in layout.planned {
-            let slot = match panics::catch(&p.name, "build", || p.spec.build()) {
-                Ok(driver) => Slot::Ready(Arc::from(driver)),
-                Err(panic) => Slot::Broken(panic.to_string().into()),
+            let slot = match &p.build {
+                Build::Native(spec) => match panics::catch(&p.name, "build", || spec.build()) {
+                    Ok(driver) => Slot::Ready(Arc::from(driver)),
+                    Err(panic) => Slot::Broken(panic.to_string().into()),
+                },
+                Build::Hosted => hosted_slot(&p.name, hosted.as_ref()),
             };
             drivers.insert(p.uuid, DriverRef { name: p.name, slot });
             order.push(p.uuid);
         }
+        if let Some(hosted) = &hosted {
+            // As upstream's session reports them, under the names our tree gives them.
+            for report in &mut reports {
+                if let Some(theirs) = hosted.reports.get(&report.uuid) {
+                    let name = report.labels.get(NAME_LABEL).cloned();
+                    report.labels = theirs.labels.clone();
+                    if let Some(name) = name {
+                        report.labels.insert(NAME_LABEL.into(), name);
+                    }
+                    report.description = theirs.description.clone();
+                    report.methods_description = theirs.methods_description.clone();
+                }
+            }
+        }
         Self {
             root: layout.root,
-            reports: layout.reports,
+            reports,
             drivers,
             order,
         }
@@ -290,7 +393,7 @@ impl DriverTree {
             let d = self.drivers.get(u)?;
             match &d.slot {
                 Slot::Ready(driver) => Some((d, driver)),
-                Slot::Broken(_) => None,
+                Slot::Hosted(_) | Slot::Broken(_) => None,
             }
         })
     }

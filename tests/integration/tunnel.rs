@@ -199,5 +199,5 @@ async fn session_without_listeners() -> standalone::Running {
         tls: None,
         passphrase: None,
     };
-    standalone::start(&loaded.config, none).await.unwrap()
+    standalone::start(&loaded.config, None, none).await.unwrap()
 }
