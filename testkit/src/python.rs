@@ -1,7 +1,8 @@
 //! The unchanged upstream Python client (and exporter) 0.9.0, installed from PyPI into a
 //! virtualenv under the workspace's `target/` the first time a test or benchmark needs it
-//! (pinned in `tests/python-requirements.txt`). Processes may race to create it, so creation
-//! is guarded by a file lock.
+//! (pinned in `tests/python-requirements.txt`), with the tests' own lab driver package
+//! (`tests/python/acme_lab`). Processes may race to create it, so creation is guarded by a
+//! file lock.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,21 @@ pub fn requirements() -> PathBuf {
     workspace().join("tests/python-requirements.txt")
 }
 
+/// The lab driver package the tests install, as a lab installs its own.
+pub fn lab_package() -> PathBuf {
+    workspace().join("tests/python/acme_lab")
+}
+
+/// What the virtualenv is made from: the requirements and the lab package's files.
+fn wanted() -> String {
+    let mut wanted =
+        std::fs::read_to_string(requirements()).expect("tests/python-requirements.txt");
+    for file in ["pyproject.toml", "acme_lab/driver.py", "acme_lab/client.py"] {
+        wanted.push_str(&std::fs::read_to_string(lab_package().join(file)).unwrap_or_default());
+    }
+    wanted
+}
+
 /// The virtualenv's `bin` directory, created (or brought up to date with the requirements
 /// file) on first use. Panics with the installer's output if that fails: tests cannot run
 /// without it.
@@ -31,7 +47,7 @@ pub fn venv_bin() -> PathBuf {
     let venv = target_dir().join("python-client-0.9.0");
     let bin = venv.join("bin");
     let stamp = venv.join(".installed");
-    let wanted = std::fs::read_to_string(requirements()).expect("tests/python-requirements.txt");
+    let wanted = wanted();
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return bin;
     }
@@ -46,6 +62,9 @@ pub fn venv_bin() -> PathBuf {
         run(Command::new(bin.join("pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(requirements()));
+        run(Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(lab_package()));
         std::fs::write(&stamp, &wanted).expect("write stamp");
     }
     bin

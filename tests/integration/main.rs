@@ -12,6 +12,7 @@ mod faults;
 mod flood;
 mod gpio;
 mod hooks;
+mod hosted;
 mod load;
 mod python_client;
 mod secrets;

@@ -1,0 +1,419 @@
+//! Unchanged upstream Python drivers (and a lab's own) run by the exporter's Python driver host
+//! beside native ones, driven with the unchanged 0.9.0 client: upstream's e2e config through
+//! the controller and router, a `ref:` from a hosted entry to a native one, the Shell driver
+//! through `j`, a lab's own driver package, the reports against upstream's own, and the faults
+//! (a constructor that raises, a host killed mid-lease, the exporter killed, a missing package).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jmp_testkit::{FakeController, Options};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::exporter::{binary, Exporter};
+use crate::support::process::children_of;
+use crate::support::python;
+
+/// The interpreter the exporter's driver host runs with: the tests' virtualenv, where the
+/// upstream driver packages and the lab's own are installed.
+fn python_path() -> String {
+    python::venv_bin().join("python").display().to_string()
+}
+
+fn hosting_env() -> Vec<(&'static str, String)> {
+    vec![("JMP_EXPORTER_PYTHON", python_path())]
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hosted_client.py")
+}
+
+fn client(host: &str, scenario: &str, args: &[&str], envs: &[(&str, &str)]) -> Value {
+    let mut cmd = python::command("python");
+    cmd.arg(script()).arg(scenario).args(args);
+    if !host.is_empty() {
+        cmd.env("JUMPSTARTER_HOST", host);
+    }
+    cmd.env("JMP_DRIVERS_ALLOW", "jumpstarter_driver_*,acme_lab.*");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    python::scenario_result(
+        "hosted_client.py",
+        scenario,
+        python::output_with_timeout(cmd, 180),
+    )
+}
+
+const HEADER: &str = "apiVersion: jumpstarter.dev/v1alpha1\nkind: ExporterConfig\nmetadata: {namespace: default, name: hosted}\nendpoint: ''\ntoken: ''\n";
+
+/// A lab's own driver, one that cannot be built, a native power switch and upstream's Shell.
+const LAB: &str = "export:
+  power:
+    type: jumpstarter_driver_power.driver.MockPower
+  counter:
+    type: acme_lab.driver.Counter
+    description: counts
+    methods_description: {add: adds n}
+    config: {start: 10}
+  broken:
+    type: acme_lab.driver.Broken
+  shell:
+    type: jumpstarter_driver_shell.driver.Shell
+    config:
+      methods:
+        hello: 'echo hello $1; echo oops >&2; exit 3'
+";
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn standalone(dir: &Path, export: &str) -> Exporter {
+    let config = write(dir, "exporter.yaml", &format!("{HEADER}{export}"));
+    let envs = hosting_env();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Exporter::unix_with_env(&config, &envs)
+}
+
+/// The exporter's Python driver host (its one Python child), waiting up to 20 s for it.
+fn host_of(exporter: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts: Vec<u32> = children_of(exporter)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("python"))
+            })
+            .collect();
+        if let [one] = hosts[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single driver host: {hosts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_labs_own_driver_and_upstreams_shell_run_hosted_beside_native_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = standalone(dir.path(), LAB);
+    let host = exporter.host();
+    let seen = client(&host, "lab", &[], &[]);
+    assert_eq!(seen["class"], "CounterClient");
+    assert_eq!(
+        seen["add"],
+        json!([12.0, 15.0]),
+        "state lives in the hosted driver: {seen}"
+    );
+    assert_eq!(seen["countdown"], json!([3.0, 2.0, 1.0]));
+    assert_eq!(seen["stream"], "ping");
+    assert!(
+        seen["invalid"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot add -1: only forward"),
+        "a ValueError is INVALID_ARGUMENT with its text, as upstream: {seen}"
+    );
+    let broken = seen["broken"][1].as_str().unwrap_or_default();
+    assert!(
+        broken.contains("broken could not be built")
+            && broken.contains("no acme board on /dev/acme0"),
+        "the entry whose constructor raised says why: {seen}"
+    );
+    assert!(exporter.wait_for_log("power on"), "{}", exporter.log());
+    assert!(
+        exporter.wait_for_log("counter at 15"),
+        "the hosted driver's log line reaches the exporter's log:\n{}",
+        exporter.log()
+    );
+    assert!(
+        exporter.log().contains("host=power") || exporter.log().contains("host=counter"),
+        "{}",
+        exporter.log()
+    );
+
+    // Upstream's Shell through `j`: stdout, stderr and the exit code reach the user.
+    let mut j = python::command("j");
+    j.args(["shell", "hello", "world"])
+        .env("JUMPSTARTER_HOST", &host);
+    let out = python::output_with_timeout(j, 120);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("oops"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+#[test]
+fn hosted_reports_match_upstreams_own_tree_entry_for_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without the entry that cannot be built: upstream's own tree would not build at all.
+    let export = LAB.replace("  broken:\n    type: acme_lab.driver.Broken\n", "")
+        + "  alias: {ref: counter}\n  group:\n    children:\n      store: {type: jumpstarter_driver_opendal.driver.MockStorageMux}\n";
+    let exporter = standalone(dir.path(), &export);
+    let config = dir.path().join("exporter.yaml");
+    let shapes = client(
+        &exporter.host(),
+        "reports",
+        &[config.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(shapes["ours"], shapes["upstream"], "{shapes}");
+    let names: Vec<&str> = shapes["ours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r[0].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["power", "counter", "shell", "alias", "group", "store"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_e2e_config_works_through_the_controller_and_router_also_through_a_ref() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Upstream's e2e exporter (MockPower, MockStorageMux), and a hosted composite whose refs
+    // name the hosted storage and the native power (which therefore runs hosted too).
+    let export = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  storage:\n    type: jumpstarter_driver_opendal.driver.MockStorageMux\n  lab:\n    type: jumpstarter_driver_composite.driver.Composite\n    jmp_hosted: true\n    children:\n      disk: {ref: storage}\n      switch: {ref: power}\n";
+    let exporter_config = write(dir.path(), "exporter.yaml", &c.exporter_config_yaml(export));
+    let client_config = write(dir.path(), "client.yaml", &c.client_config_yaml());
+    let envs = hosting_env();
+    let exporter = tokio::task::spawn_blocking(move || {
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Exporter::controller_with_env(&exporter_config, &envs)
+    })
+    .await
+    .unwrap();
+    let lease_env = |cfg: &Path| {
+        vec![
+            ("CLIENT_CONFIG".to_string(), cfg.display().to_string()),
+            ("EXPORTER_NAME".to_string(), "exporter1".to_string()),
+        ]
+    };
+    for path in ["storage", "lab.disk"] {
+        let envs = lease_env(&client_config);
+        let seen = tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> =
+                envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            client("", "lease:storage", &["4", path], &envs)
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen["bytes"], 4 << 20, "{path}: {seen}");
+        assert_eq!(seen["class"], "StorageMuxClient");
+    }
+    assert!(!exporter.log().contains("ERROR"), "{}", exporter.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_fails_only_its_drivers_and_the_next_lease_gets_a_new_one() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  counter:\n    type: acme_lab.driver.Counter\n";
+    let exporter_config = write(dir.path(), "exporter.yaml", &c.exporter_config_yaml(export));
+    let envs = hosting_env();
+    let exporter = tokio::task::spawn_blocking(move || {
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Exporter::controller_with_env(&exporter_config, &envs)
+    })
+    .await
+    .unwrap();
+    use jmp_exporter::proto::DriverCallRequest;
+    use prost_types::{value::Kind, Value as PbValue};
+    let add = |uuid: &str| DriverCallRequest {
+        uuid: uuid.to_string(),
+        method: "add".into(),
+        args: vec![PbValue {
+            kind: Some(Kind::NumberValue(1.0)),
+        }],
+    };
+    let on = |uuid: &str| DriverCallRequest {
+        uuid: uuid.to_string(),
+        method: "on".into(),
+        args: vec![],
+    };
+
+    let lease = c.create_ready_lease().await;
+    let channel = jmp_testkit::client::channel(&c, &lease, CancellationToken::new()).await;
+    let mut session =
+        jmp_exporter::proto::exporter_service_client::ExporterServiceClient::new(channel.clone());
+    let counter = jmp_testkit::client::driver_uuid(&channel, "counter").await;
+    let power = jmp_testkit::client::driver_uuid(&channel, "power").await;
+    session
+        .driver_call(add(&counter))
+        .await
+        .expect("hosted call");
+    let host = host_of(exporter.pid());
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &host.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match session.driver_call(add(&counter)).await {
+            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("signal 9") => {
+                break s
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "no clear error after the host died: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status
+            .message()
+            .contains("the Python driver host for counter"),
+        "{status:?}"
+    );
+    session
+        .driver_call(on(&power))
+        .await
+        .expect("native drivers go on");
+    c.end_lease_and_wait_available(&lease).await;
+
+    let lease = c.create_ready_lease().await;
+    let channel = jmp_testkit::client::channel(&c, &lease, CancellationToken::new()).await;
+    let mut session =
+        jmp_exporter::proto::exporter_service_client::ExporterServiceClient::new(channel.clone());
+    let counter = jmp_testkit::client::driver_uuid(&channel, "counter").await;
+    let fresh = session
+        .driver_call(add(&counter))
+        .await
+        .expect("a new host serves the next lease");
+    assert_eq!(
+        fresh.into_inner().result.and_then(|v| v.kind),
+        Some(Kind::NumberValue(1.0)),
+        "fresh driver state per lease"
+    );
+    assert_ne!(host_of(exporter.pid()), host);
+}
+
+#[test]
+fn a_killed_host_is_a_clear_error_for_the_client_in_standalone_mode_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = standalone(
+        dir.path(),
+        "export:\n  power: {type: jumpstarter_driver_power.driver.MockPower}\n  counter: {type: acme_lab.driver.Counter}\n",
+    );
+    assert_eq!(client(&exporter.host(), "counter", &[], &[])["add"], 1.0);
+    let host = host_of(exporter.pid());
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &host.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(host) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = client(&exporter.host(), "after_host_death", &[], &[]);
+    let hosted = seen["hosted"].as_str().unwrap_or_default();
+    assert!(
+        hosted.contains("the Python driver host for counter was killed by signal 9"),
+        "{seen}"
+    );
+    assert_eq!(seen["native"], "ok");
+}
+
+#[test]
+fn no_host_outlives_a_killed_exporter_and_secrets_stay_out_of_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "exporter.yaml",
+        &format!("{HEADER}export:\n  counter: {{type: acme_lab.driver.Counter}}\n"),
+    );
+    let python = python_path();
+    let mut exporter = Exporter::tcp_with_env(
+        &config,
+        &["--tls-grpc-insecure"],
+        &[
+            ("JMP_EXPORTER_PYTHON", python.as_str()),
+            ("JMP_EXPORTER_PASSPHRASE", "open-sesame-42"),
+        ],
+    );
+    let host = host_of(exporter.pid());
+    let environ = std::fs::read(format!("/proc/{host}/environ")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{host}/cmdline")).unwrap();
+    for (what, bytes) in [("environment", &environ), ("arguments", &cmdline)] {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains("open-sesame-42"),
+            "the passphrase reached the host's {what}"
+        );
+    }
+    exporter.signal("KILL");
+    let _ = exporter.wait_exit(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(host) {
+        assert!(
+            Instant::now() < deadline,
+            "the driver host {host} outlived the exporter"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_missing_driver_package_is_a_config_error_for_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "exporter.yaml",
+        &format!("{HEADER}export:\n  power: {{type: jumpstarter_driver_power.driver.MockPower}}\n  flasher:\n    type: jumpstarter_driver_nosuch.driver.Flasher\n"),
+    );
+    for args in [
+        &["check", "--config"][..],
+        &["run", "--socket", "/nonexistent/x.sock", "--config"][..],
+    ] {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .arg(&config)
+            .env("JMP_EXPORTER_PYTHON", python_path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("export.flasher.type (line 9)")
+                && stderr.contains("pip install jumpstarter-driver-nosuch==0.9.0"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The same config's native part needs no interpreter at all.
+    let native = write(
+        dir.path(),
+        "native.yaml",
+        &format!("{HEADER}export:\n  power: {{type: jumpstarter_driver_power.driver.MockPower}}\n"),
+    );
+    let out = std::process::Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&native)
+        .env("JMP_EXPORTER_PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
