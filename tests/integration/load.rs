@@ -185,13 +185,10 @@ async fn call<T>(
 }
 
 fn diagnose((c, ex, mark, i): (&FakeController, &Exporter, usize, usize), what: &str) -> ! {
-    let log = ex.log();
-    let tail: Vec<_> = log.lines().rev().take(40).collect();
-    let tail: Vec<_> = tail.into_iter().rev().collect();
     panic!(
         "lease {i}: {what}\nevents: {:#?}\nexporter log tail:\n{}",
         &c.events()[mark..],
-        tail.join("\n")
+        ex.log_tail(40)
     )
 }
 

@@ -196,6 +196,14 @@ impl Exporter {
         self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The last `lines` lines the exporter has logged, for a test's failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let mut tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.reverse();
+        tail.join("\n")
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
