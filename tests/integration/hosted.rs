@@ -126,7 +126,7 @@ fn a_labs_own_driver_and_upstreams_shell_run_hosted_beside_native_ones() {
         seen["invalid"]
             .as_str()
             .unwrap_or_default()
-            .contains("cannot add -1: only forward"),
+            .contains("INVALID_ARGUMENT: cannot add -1.0: only forward"),
         "a ValueError is INVALID_ARGUMENT with its text, as upstream: {seen}"
     );
     let broken = seen["broken"][1].as_str().unwrap_or_default();
@@ -147,7 +147,10 @@ fn a_labs_own_driver_and_upstreams_shell_run_hosted_beside_native_ones() {
         exporter.log()
     );
 
-    // Upstream's Shell through `j`: stdout, stderr and the exit code reach the user.
+    assert_eq!(seen["shell"], 3.0, "the Shell method's exit code: {seen}");
+
+    // Upstream's Shell through `j`: stdout and stderr reach the user. (`j` itself exits 0
+    // with the upstream exporter too: its Shell command compares the float code it gets.)
     let mut j = python::command("j");
     j.args(["shell", "hello", "world"])
         .env("JUMPSTARTER_HOST", &host);
@@ -157,7 +160,11 @@ fn a_labs_own_driver_and_upstreams_shell_run_hosted_beside_native_ones() {
         String::from_utf8_lossy(&out.stderr).contains("oops"),
         "{out:?}"
     );
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        exporter.wait_for_log("hello return code: 3"),
+        "{}",
+        exporter.log()
+    );
 }
 
 #[test]

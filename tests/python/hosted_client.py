@@ -55,6 +55,8 @@ def lab(client):
     except DriverError as e:
         seen["broken"] = [type(e).__name__, str(e)]
     client.power.on()
+    # Upstream's Shell: the method's exit code comes back from the call.
+    seen["shell"] = client.shell.hello("api")
     return seen
 
 
