@@ -148,6 +148,11 @@ fn a_labs_own_driver_and_upstreams_shell_run_hosted_beside_native_ones() {
     );
 
     assert_eq!(seen["shell"], 3.0, "the Shell method's exit code: {seen}");
+    assert_eq!(
+        seen["log"],
+        json!(["INFO", "LOG_SOURCE_DRIVER"]),
+        "LogStream carries the hosted driver's record as upstream's session would: {seen}"
+    );
 
     // Upstream's Shell through `j`: stdout and stderr reach the user. (`j` itself exits 0
     // with the upstream exporter too: its Shell command compares the float code it gets.)
@@ -162,6 +167,46 @@ fn a_labs_own_driver_and_upstreams_shell_run_hosted_beside_native_ones() {
     );
     assert!(
         exporter.wait_for_log("hello return code: 3"),
+        "{}",
+        exporter.log()
+    );
+}
+
+#[test]
+fn j_in_a_hook_reaches_hosted_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "exporter.yaml",
+        &format!("{HEADER}hooks:\n  beforeLease:\n    script: j shell hello from-the-hook\n    timeout: 60\nexport:\n  shell:\n    type: jumpstarter_driver_shell.driver.Shell\n    config:\n      methods:\n        hello: 'echo hello $1'\n"),
+    );
+    let path = format!(
+        "{}:{}",
+        python::venv_bin().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let python = python_path();
+    let exporter = Exporter::unix_with_env(
+        &config,
+        &[
+            ("JMP_EXPORTER_PYTHON", python.as_str()),
+            ("PATH", path.as_str()),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !exporter
+        .log()
+        .contains("calling hello with args: ('from-the-hook',)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hook's j never reached the hosted Shell:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        exporter.wait_for_log("beforeLease hook succeeded"),
         "{}",
         exporter.log()
     );

@@ -57,7 +57,24 @@ def lab(client):
     client.power.on()
     # Upstream's Shell: the method's exit code comes back from the call.
     seen["shell"] = client.shell.hello("api")
+    seen["log"] = driver_record(os.environ["JUMPSTARTER_HOST"], "counter at 15")
     return seen
+
+
+def driver_record(host, text):
+    """The LogStream record whose message is `text`, as (severity, source)."""
+    import grpc
+    from google.protobuf import empty_pb2
+    from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2_grpc
+
+    stub = jumpstarter_pb2_grpc.ExporterServiceStub(grpc.insecure_channel(f"unix://{host}"))
+    records = stub.LogStream(empty_pb2.Empty(), timeout=10)
+    try:
+        for record in records:
+            if record.message == text:
+                return [record.severity, common_pb2.LogSource.Name(record.source)]
+    finally:
+        records.cancel()
 
 
 def after_host_death(client):
