@@ -109,9 +109,15 @@ class Host:
             classes_in(entry_at(self.export, root), root, found)
             for path, class_path in found:
                 try:
-                    labels[path] = import_class(class_path, [], True).client()
+                    cls = import_class(class_path, [], True)
                 except Exception as e:
                     errors[path] = f"{type(e).__name__}: {e}"
+                    continue
+                try:
+                    labels[path] = cls.client()
+                except Exception:
+                    # A driver whose client label needs an instance; its session report has it.
+                    pass
         self.labels = labels
         send({"op": "loaded", "labels": labels, "errors": errors})
 
