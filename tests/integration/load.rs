@@ -84,7 +84,9 @@ async fn concurrent_byte_streams_through_one_exporter_are_byte_exact_and_leak_no
 
     // Rounds of the same burst: what the first round leaves in the allocator must be reused
     // by the next ones, not added to.
-    let rounds = if soak() { 5 } else { 2 };
+    // Three at least: the second round may still grow the allocator's per-thread arenas (seen
+    // under load, +14%); a leak also grows the third.
+    let rounds = if soak() { 5 } else { 3 };
     let mut rss_after_round = Vec::new();
     let mut elapsed = Duration::ZERO;
     for round in 0..rounds {
@@ -130,12 +132,10 @@ async fn concurrent_byte_streams_through_one_exporter_are_byte_exact_and_leak_no
         rss_after_round.push(settles_back(pid, baseline, 0).await.rss_kib);
     }
     eprintln!("VmRSS after each round of {streams} streams (KiB): {rss_after_round:?}");
-    let (first, last) = (
-        rss_after_round[0],
-        rss_after_round[rss_after_round.len() - 1],
-    );
+    let (earlier, last) = rss_after_round.split_at(rss_after_round.len() - 1);
+    let (most, last) = (earlier.iter().copied().max().unwrap_or(0), last[0]);
     assert!(
-        last <= first + first / 10,
+        last <= most + most / 10,
         "memory grows with every round: {rss_after_round:?} KiB"
     );
     let after = settles_back(pid, baseline, 0).await;
