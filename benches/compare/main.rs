@@ -46,17 +46,21 @@ use profile::profile_load;
 use pty::serial_pty;
 use report::{print_duel, print_sustained, print_table, print_tunnel};
 use router::{ours_through_router, serve_controller};
-use targets::{minimal, ours, python};
+use targets::{minimal, ours, ours_hosted, python};
 
 /// The README's demo config, the one every exporter is measured with.
 pub(crate) const DEMO_EXPORT: &str = "export:\n  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config:\n      url: 'loop://'\n";
+
+/// The same drivers, each run by jmp-exporter's Python driver host (`jmp_hosted`): what the
+/// hosted path costs against the same Python drivers under the Python exporter.
+pub(crate) const HOSTED_EXPORT: &str = "export:\n  power:\n    type: jumpstarter_driver_power.driver.MockPower\n    jmp_hosted: true\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n    jmp_hosted: true\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    jmp_hosted: true\n    config:\n      url: 'loop://'\n";
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, minimal, duel,
-/// router; unset means all) asks for this part, to rerun a piece after a change.
+/// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, hosted,
+/// minimal, duel, router; unset means all) asks for this part, to rerun a piece after a change.
 fn wanted(part: &str) -> bool {
     match std::env::var("JMP_BENCH_ONLY") {
         Ok(only) => only.split(',').any(|p| p.trim() == part),
@@ -134,6 +138,13 @@ fn main() {
                     serial_pty(|e| async move { python("python 0.9.0", &e).await }).await;
             }
         }
+        if wanted("hosted") {
+            let target = ours_hosted("jmp-exporter, hosted", HOSTED_EXPORT).await;
+            eprintln!("measuring {} ...", target.name);
+            let mut r = measure(&target).await;
+            r["memory_by_process_kib"] = usage::memory_by_process(target.child.id());
+            results.insert("hosted".into(), r);
+        }
         if wanted("minimal") {
             let target = minimal().await;
             eprintln!("measuring {} ...", target.name);
@@ -171,6 +182,9 @@ fn main() {
     print_duel(&results);
     if results.get("tunnel").is_some() {
         print_tunnel(&results);
+    }
+    if results.get("hosted").is_some() && measured("python 0.9.0") {
+        report::print_hosted(&results);
     }
     if results["jmp-exporter"].get("sustained").is_some() {
         print_sustained(&results);

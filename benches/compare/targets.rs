@@ -121,6 +121,23 @@ pub(crate) async fn ours(name: &'static str, export: &str) -> Target {
     start(name, cmd, dir, addr).await
 }
 
+/// jmp-exporter with the drivers of `export` run by its Python driver host (the tests'
+/// virtualenv is the interpreter).
+pub(crate) async fn ours_hosted(name: &'static str, export: &str) -> Target {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), export);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"));
+    cmd.args(["--log-level", "warn", "run", "--config"])
+        .arg(&config)
+        .args(["--tls-grpc-listener", &addr, "--tls-grpc-insecure"])
+        .env(
+            "JMP_EXPORTER_PYTHON",
+            jmp_testkit::python::venv_bin().join("python"),
+        );
+    start(name, cmd, dir, addr).await
+}
+
 pub(crate) async fn python(name: &'static str, export: &str) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), export);

@@ -80,3 +80,17 @@ pub(crate) fn tree_memory(root: u32) -> (u64, u64, u64) {
         .map(memory)
         .fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
 }
+
+/// PSS and RSS of each process of a tree (the exporter, its driver host), by command name.
+pub(crate) fn memory_by_process(root: u32) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for pid in tree_pids(root) {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let (rss, pss, _, _) = memory_detail(pid);
+        out.insert(format!("{name} ({pid})"), serde_json::json!({"rss": rss, "pss": pss}));
+    }
+    serde_json::Value::Object(out)
+}
