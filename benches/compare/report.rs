@@ -281,24 +281,71 @@ pub(crate) fn print_sustained(results: &Value) {
 /// The hosted path against the same Python drivers under the Python exporter.
 pub(crate) fn print_hosted(results: &Value) {
     let (hosted, python) = (&results["hosted"], &results["python 0.9.0"]);
-    println!("\n| same Python drivers | jmp-exporter, hosted | Python 0.9.0 | hosted/Python | target |");
+    println!(
+        "\n| same Python drivers | jmp-exporter, hosted | Python 0.9.0 | hosted/Python | target |"
+    );
     println!("|---|---:|---:|---:|---|");
     for (label, key, target) in [
-        ("start → first GetReport (ms)", "start_to_get_report_ms", "no slower"),
-        ("unary DriverCall, 1 caller (calls/s)", "unary_1.calls_per_s", "≥ 0.9"),
-        ("unary DriverCall, 16 callers (calls/s)", "unary_16.calls_per_s", "≥ 0.9"),
-        ("unary DriverCall, 64 callers (calls/s)", "unary_64.calls_per_s", "≥ 0.9"),
+        (
+            "start → first GetReport (ms)",
+            "start_to_get_report_ms",
+            "no slower",
+        ),
+        (
+            "unary DriverCall, 1 caller (calls/s)",
+            "unary_1.calls_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "unary DriverCall, 16 callers (calls/s)",
+            "unary_16.calls_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "unary DriverCall, 64 callers (calls/s)",
+            "unary_64.calls_per_s",
+            "≥ 0.9",
+        ),
         ("unary p50, 1 caller (µs)", "unary_1.p50_us", ""),
         ("unary p50, 16 callers (µs)", "unary_16.p50_us", ""),
-        ("streaming `read` (messages/s)", "streaming_16.messages_per_s", "≥ 0.9"),
-        ("echo stream, 256 B writes (MB/s)", "echo_256.mb_per_s", "≥ 0.9"),
-        ("echo stream, 4 KiB writes (MB/s)", "echo_4096.mb_per_s", "≥ 0.9"),
-        ("echo stream, 32 KiB writes (MB/s)", "echo_32768.mb_per_s", "≥ 0.9"),
-        ("serial `loop://`, 4 KiB writes (MB/s)", "serial_loop_4096.mb_per_s", "≥ 0.9"),
-        ("PSS after the run, all processes (KiB)", "memory_kib.pss", "≤ 0.6"),
+        (
+            "streaming `read` (messages/s)",
+            "streaming_16.messages_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "echo stream, 256 B writes (MB/s)",
+            "echo_256.mb_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "echo stream, 4 KiB writes (MB/s)",
+            "echo_4096.mb_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "echo stream, 32 KiB writes (MB/s)",
+            "echo_32768.mb_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "serial `loop://`, 4 KiB writes (MB/s)",
+            "serial_loop_4096.mb_per_s",
+            "≥ 0.9",
+        ),
+        (
+            "PSS after the run, all processes (KiB)",
+            "memory_kib.pss",
+            "≤ 0.6",
+        ),
     ] {
         let (a, b) = (get(hosted, key), get(python, key));
-        println!("| {label} | {} | {} | {} | {target} |", show(a), show(b), ratio(a, b));
+        println!(
+            "| {label} | {} | {} | {} | {target} |",
+            show(a),
+            show(b),
+            ratio(a, b)
+        );
     }
     println!(
         "\nAdded p50 latency per call, 1 caller: {:.0} µs (hosted minus Python exporter).",

@@ -90,7 +90,10 @@ pub(crate) fn memory_by_process(root: u32) -> serde_json::Value {
             .trim()
             .to_string();
         let (rss, pss, _, _) = memory_detail(pid);
-        out.insert(format!("{name} ({pid})"), serde_json::json!({"rss": rss, "pss": pss}));
+        out.insert(
+            format!("{name} ({pid})"),
+            serde_json::json!({"rss": rss, "pss": pss}),
+        );
     }
     serde_json::Value::Object(out)
 }

@@ -160,6 +160,7 @@ impl Hosting {
 
     /// Has a host build and serve fresh drivers with the given UUIDs (dotted name → UUID).
     pub async fn serve(self: &Arc<Self>, uuids: HashMap<String, String>) -> HostedSession {
+        let began = std::time::Instant::now();
         let taken = self.warm.lock().await.take();
         let host = match taken {
             Some(h) if h.dead().is_none() => Ok(h),
@@ -171,7 +172,11 @@ impl Hosting {
             Ok::<_, HostError>((host, serving))
         };
         match started.await {
-            Ok((host, serving)) => HostedSession::connect(host, serving).await,
+            Ok((host, serving)) => {
+                let session = HostedSession::connect(host, serving).await;
+                tracing::info!(entries = %self.entries, "Python drivers built and served in {} ms", began.elapsed().as_millis());
+                session
+            }
             Err(e) => {
                 tracing::error!(entries = %self.entries, error = %e, "the Python driver host cannot serve this session; its drivers answer UNAVAILABLE");
                 HostedSession::unavailable(&self.entries, e.to_string())
