@@ -22,7 +22,7 @@ fn check_prints_the_demo_tree() {
         text.starts_with("(root) -> jumpstarter_driver_composite.client.CompositeClient\n"),
         "{text}"
     );
-    assert!(text.contains("  power: jumpstarter_driver_power.driver.MockPower -> jumpstarter_driver_power.client.PowerClient\n"));
+    assert!(text.contains("  power: jumpstarter_driver_power.driver.MockPower -> jumpstarter_driver_power.client.PowerClient (native)\n"), "{text}");
     assert!(text
         .contains("  console: ref serial -> jumpstarter_driver_pyserial.client.PySerialClient\n"));
 }
@@ -33,7 +33,7 @@ fn bad_configs_exit_78_with_every_error_and_bind_nothing() {
     let file = dir.path().join("bad.yaml");
     std::fs::write(
         &file,
-        "metadata: {}\ntoken: do-not-print-me\nexport:\n  a:\n    type: nope.Driver\n  b:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {url: 'loop://', baudrate: fast}\n",
+        "metadata: {}\ntoken: do-not-print-me\nexport:\n  a:\n    type: NopeDriver\n  b:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {url: 'loop://', baudrate: fast}\n",
     )
     .unwrap();
     let out = Command::new(binary())
@@ -45,7 +45,7 @@ fn bad_configs_exit_78_with_every_error_and_bind_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("2 configuration errors"), "{stderr}");
     assert!(
-        stderr.contains("export.a.type (line 5): driver type `nope.Driver` is not supported"),
+        stderr.contains("export.a.type (line 5): `NopeDriver` is not a driver class path"),
         "{stderr}"
     );
     assert!(
