@@ -18,9 +18,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
 
 use self::process::{HostError, HostProcess};
 use crate::config::{Entry, ExporterConfig};
@@ -188,7 +187,9 @@ impl Hosting {
 /// One session's hosted drivers: a host serving them, or why there is none.
 pub struct HostedSession {
     host: Option<HostProcess>,
-    channel: Option<Channel>,
+    client: Option<HostClient>,
+    /// Drives the HTTP/2 connection to the host; it goes with the session.
+    connection: Option<JoinHandle<()>>,
     /// Dotted entry name → why the host could not build it, and its client class if known.
     pub failed: HashMap<String, (String, Option<String>)>,
     /// The host's reports by UUID, as upstream's session gives them.
@@ -203,7 +204,8 @@ impl HostedSession {
     fn unavailable(entries: &str, why: String) -> Self {
         Self {
             host: None,
-            channel: None,
+            client: None,
+            connection: None,
             failed: HashMap::new(),
             reports: HashMap::new(),
             never: Some(why),
@@ -220,8 +222,19 @@ impl HostedSession {
             s.host = Some(host);
             return s;
         };
-        let channel = unix_channel(socket);
-        let reports = match ExporterServiceClient::new(channel.clone())
+        let (client, connection) = match HostClient::connect(&socket).await {
+            Ok(c) => c,
+            Err(e) => {
+                let mut s = Self::unavailable(
+                    &entries,
+                    format!("cannot be reached on {}: {e}", socket.display()),
+                );
+                s.failed = serving.failed;
+                s.host = Some(host);
+                return s;
+            }
+        };
+        let reports = match ExporterServiceClient::with_origin(client.clone(), HostClient::origin())
             .get_report(())
             .await
         {
@@ -238,7 +251,8 @@ impl HostedSession {
         };
         Self {
             host: Some(host),
-            channel: Some(channel),
+            client: Some(client),
+            connection: Some(connection),
             failed: serving.failed,
             reports,
             never: None,
@@ -276,8 +290,8 @@ impl HostedSession {
         ))
     }
 
-    pub fn channel(&self) -> Option<Channel> {
-        self.channel.clone()
+    pub fn client(&self) -> Option<HostClient> {
+        self.client.clone()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -293,19 +307,56 @@ impl HostedSession {
         if let Some(host) = &self.host {
             host.stop().await;
         }
+        if let Some(connection) = &self.connection {
+            connection.abort();
+        }
     }
 }
 
-/// A channel to a host's session socket (connected on first use).
-fn unix_channel(socket: PathBuf) -> Channel {
-    // The URI is a placeholder: every connection goes to the socket.
-    Endpoint::from_static("http://driver-host.invalid").connect_with_connector_lazy(
-        tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
+/// One HTTP/2 connection to a host's session socket, shared by every call of the session: the
+/// requests go straight to the connection (no queue and worker task between, as a reconnecting
+/// channel would add), which is what a call's latency is made of here.
+#[derive(Clone)]
+pub struct HostClient(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl HostClient {
+    async fn connect(socket: &std::path::Path) -> Result<(Self, JoinHandle<()>), String> {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to the Python driver host ended");
             }
-        }),
-    )
+        });
+        Ok((Self(send), task))
+    }
+
+    /// The origin requests carry; every one goes to the socket.
+    pub fn origin() -> tonic::codegen::http::Uri {
+        tonic::codegen::http::Uri::from_static("http://driver-host.invalid")
+    }
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for HostClient {
+    type Response = tonic::codegen::http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
 }

@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::HostedSession;
+use super::{HostClient, HostedSession};
 use crate::proto::exporter_service_client::ExporterServiceClient;
 use crate::proto::router_service_client::RouterServiceClient;
 use crate::proto::{
@@ -35,12 +35,12 @@ pub struct HostedRef {
 }
 
 impl HostedRef {
-    fn channel(&self) -> Result<tonic::transport::Channel, Status> {
+    fn client(&self) -> Result<HostClient, Status> {
         if let Some(why) = self.session.unreachable() {
             return Err(Status::unavailable(why));
         }
         self.session
-            .channel()
+            .client()
             .ok_or_else(|| Status::unavailable("the Python driver host is not serving"))
     }
 
@@ -56,8 +56,8 @@ impl HostedRef {
         &self,
         request: DriverCallRequest,
     ) -> Result<Response<DriverCallResponse>, Status> {
-        let mut client =
-            ExporterServiceClient::new(self.channel()?).max_decoding_message_size(MAX_MESSAGE);
+        let mut client = ExporterServiceClient::with_origin(self.client()?, HostClient::origin())
+            .max_decoding_message_size(MAX_MESSAGE);
         let response = client
             .driver_call(Request::new(request))
             .await
@@ -69,8 +69,8 @@ impl HostedRef {
         &self,
         request: StreamingDriverCallRequest,
     ) -> Result<BoxStream<StreamingDriverCallResponse>, Status> {
-        let mut client =
-            ExporterServiceClient::new(self.channel()?).max_decoding_message_size(MAX_MESSAGE);
+        let mut client = ExporterServiceClient::with_origin(self.client()?, HostClient::origin())
+            .max_decoding_message_size(MAX_MESSAGE);
         let results = client
             .streaming_driver_call(Request::new(request))
             .await
@@ -90,8 +90,8 @@ impl HostedRef {
         metadata: &MetadataMap,
         inbound: Streaming<StreamRequest>,
     ) -> Result<Response<BoxStream<StreamResponse>>, Status> {
-        let mut client =
-            RouterServiceClient::new(self.channel()?).max_decoding_message_size(MAX_MESSAGE);
+        let mut client = RouterServiceClient::with_origin(self.client()?, HostClient::origin())
+            .max_decoding_message_size(MAX_MESSAGE);
         // A frame the client sent that cannot be read ends what goes to the host, as end of
         // input would; the client's own call already carries that error.
         let outbound = inbound
