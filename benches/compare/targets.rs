@@ -111,19 +111,17 @@ async fn start(
 }
 
 pub(crate) async fn ours(name: &'static str, export: &str) -> Target {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), export);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"));
-    cmd.args(["--log-level", "warn", "run", "--config"])
-        .arg(&config)
-        .args(["--tls-grpc-listener", &addr, "--tls-grpc-insecure"]);
-    start(name, cmd, dir, addr).await
+    ours_with(name, export, &[]).await
 }
 
 /// jmp-exporter with the drivers of `export` run by its Python driver host (the tests'
 /// virtualenv is the interpreter).
 pub(crate) async fn ours_hosted(name: &'static str, export: &str) -> Target {
+    let python = jmp_testkit::python::venv_bin().join("python");
+    ours_with(name, export, &[("JMP_EXPORTER_PYTHON", python.as_os_str())]).await
+}
+
+async fn ours_with(name: &'static str, export: &str, envs: &[(&str, &std::ffi::OsStr)]) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), export);
     let addr = format!("127.0.0.1:{}", free_port());
@@ -131,10 +129,7 @@ pub(crate) async fn ours_hosted(name: &'static str, export: &str) -> Target {
     cmd.args(["--log-level", "warn", "run", "--config"])
         .arg(&config)
         .args(["--tls-grpc-listener", &addr, "--tls-grpc-insecure"])
-        .env(
-            "JMP_EXPORTER_PYTHON",
-            jmp_testkit::python::venv_bin().join("python"),
-        );
+        .envs(envs.iter().copied());
     start(name, cmd, dir, addr).await
 }
 

@@ -66,6 +66,17 @@ const LAB: &str = "export:
         hello: 'echo hello $1; echo oops >&2; exit 3'
 ";
 
+/// A controller-mode exporter on `config` with the tests' interpreter, once registered.
+async fn hosted_controller(config: PathBuf) -> Exporter {
+    let envs = hosting_env();
+    tokio::task::spawn_blocking(move || {
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Exporter::controller_with_env(&config, &envs)
+    })
+    .await
+    .unwrap()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -248,13 +259,7 @@ async fn upstreams_e2e_config_works_through_the_controller_and_router_also_throu
     let export = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  storage:\n    type: jumpstarter_driver_opendal.driver.MockStorageMux\n  lab:\n    type: jumpstarter_driver_composite.driver.Composite\n    jmp_hosted: true\n    children:\n      disk: {ref: storage}\n      switch: {ref: power}\n";
     let exporter_config = write(dir.path(), "exporter.yaml", &c.exporter_config_yaml(export));
     let client_config = write(dir.path(), "client.yaml", &c.client_config_yaml());
-    let envs = hosting_env();
-    let exporter = tokio::task::spawn_blocking(move || {
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Exporter::controller_with_env(&exporter_config, &envs)
-    })
-    .await
-    .unwrap();
+    let exporter = hosted_controller(exporter_config).await;
     let lease_env = |cfg: &Path| {
         vec![
             ("CLIENT_CONFIG".to_string(), cfg.display().to_string()),
@@ -282,13 +287,7 @@ async fn a_killed_host_fails_only_its_drivers_and_the_next_lease_gets_a_new_one(
     let dir = tempfile::tempdir().unwrap();
     let export = "  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  counter:\n    type: acme_lab.driver.Counter\n";
     let exporter_config = write(dir.path(), "exporter.yaml", &c.exporter_config_yaml(export));
-    let envs = hosting_env();
-    let exporter = tokio::task::spawn_blocking(move || {
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Exporter::controller_with_env(&exporter_config, &envs)
-    })
-    .await
-    .unwrap();
+    let exporter = hosted_controller(exporter_config).await;
     use jmp_exporter::proto::DriverCallRequest;
     use prost_types::{value::Kind, Value as PbValue};
     let add = |uuid: &str| DriverCallRequest {

@@ -166,35 +166,10 @@ def report_shapes(host):
     replaced by the order of first appearance: they must be equal entry for entry."""
     import os
 
-    import grpc
-    from google.protobuf import empty_pb2
-    from jumpstarter.config.exporter import ExporterConfigV1Alpha1, ExporterConfigV1Alpha1DriverInstance
-    from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2_grpc
+    from hosted_client import reports
 
-    def shape(rows):
-        order = []
-
-        def index(u):
-            if u not in order:
-                order.append(u)
-            return order.index(u)
-
-        return [[name, index(u), None if p is None else index(p)] for (name, u, p) in rows]
-
-    stub = jumpstarter_pb2_grpc.ExporterServiceStub(grpc.insecure_channel(f"unix://{host}"))
-    report = stub.GetReport(empty_pb2.Empty(), timeout=10)
-    ours = [
-        (r.labels.get("jumpstarter.dev/name"), r.uuid, r.parent_uuid if r.HasField("parent_uuid") else None)
-        for r in report.reports
-    ]
-    from pathlib import Path
-
-    config = ExporterConfigV1Alpha1.load_path(Path(os.environ["CONFIG_FILE"]))
-    root = ExporterConfigV1Alpha1DriverInstance(
-        type="jumpstarter_driver_composite.driver.Composite", children=config.export
-    ).instantiate()
-    theirs = [(name, str(u), None if parent is None else str(parent.uuid)) for (u, parent, name, _) in root.enumerate()]
-    return {"ours": shape(ours), "upstream": shape(theirs)}
+    full = reports(host, os.environ["CONFIG_FILE"])
+    return {side: [row[:3] for row in rows] for side, rows in full.items()}
 
 
 def session_rpcs(host):
