@@ -387,6 +387,43 @@ fn a_killed_host_is_a_clear_error_for_the_client_in_standalone_mode_too() {
 }
 
 #[test]
+fn a_host_that_stops_answering_is_killed_and_its_drivers_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = standalone(
+        dir.path(),
+        "export:\n  power: {type: jumpstarter_driver_power.driver.MockPower}\n  counter: {type: acme_lab.driver.Counter}\n",
+    );
+    let host = host_of(exporter.pid());
+    // A host frozen in place: its process lives, its event loop answers nothing.
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &host.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !exporter.log().contains("stopped answering") {
+        assert!(
+            Instant::now() < deadline,
+            "the hang was never noticed:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = client(&exporter.host(), "after_host_death", &[], &[]);
+    assert!(
+        seen["hosted"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped answering for 30s and was killed"),
+        "{seen}"
+    );
+    assert_eq!(seen["native"], "ok");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(host) {
+        assert!(Instant::now() < deadline, "the hung host was not killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn no_host_outlives_a_killed_exporter_and_secrets_stay_out_of_its_environment() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(

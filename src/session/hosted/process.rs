@@ -103,7 +103,6 @@ impl HostProcess {
         let (dead_tx, dead) = watch::channel(None);
         let mut tasks = Vec::new();
         if let Some(stdout) = stdout {
-            let dead_tx = dead_tx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -116,15 +115,7 @@ impl HostProcess {
                         Err(_) => tracing::warn!(target: LOG_TARGET, "driver host wrote a line that is not its protocol: {line}"),
                     }
                 }
-                // The other end of every reply wait learns that none will come.
-                dead_tx.send_if_modified(|d| {
-                    if d.is_none() {
-                        *d = Some("closed its output".into());
-                        true
-                    } else {
-                        false
-                    }
-                });
+                // Dropping the sender tells every reply wait that none will come.
             }));
         }
         if let Some(stderr) = stderr {
@@ -137,7 +128,7 @@ impl HostProcess {
             }));
         }
         let child = Arc::new(tokio::sync::Mutex::new(child));
-        Ok(Self {
+        let host = Self {
             child,
             stdin: tokio::sync::Mutex::new(stdin),
             replies: tokio::sync::Mutex::new(reply_rx),
@@ -146,7 +137,9 @@ impl HostProcess {
             entries,
             tasks: Mutex::new(tasks),
             pid,
-        })
+        };
+        host.watch();
+        Ok(host)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -230,8 +223,7 @@ impl HostProcess {
         })
     }
 
-    /// Builds the drivers with the given UUIDs and serves them; the host is watched from here
-    /// on.
+    /// Builds the drivers with the given UUIDs and serves them.
     pub async fn serve(&self, uuids: &HashMap<String, String>) -> Result<Serving, HostError> {
         self.send(json!({"op": "serve", "uuids": uuids})).await?;
         let v = self.reply("serving", START_TIMEOUT).await?;
@@ -252,11 +244,10 @@ impl HostProcess {
             })
             .unwrap_or_default();
         let socket = v["socket"].as_str().map(PathBuf::from);
-        self.watch();
         Ok(Serving { socket, failed })
     }
 
-    /// From now on: the process's exit, or pings that go unanswered, mark it dead.
+    /// The process's exit marks it dead, with how it ended.
     fn watch(&self) {
         let (child, dead_tx, entries) = (
             self.child.clone(),
@@ -274,8 +265,15 @@ impl HostProcess {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
             let why = describe_exit(status);
-            tracing::warn!(target: LOG_TARGET, "the Python driver host for {entries} {why}; its drivers answer UNAVAILABLE until the next lease");
-            let _ = dead_tx.send_replace(Some(why));
+            // A host already found hung keeps that reason: its kill is not news.
+            dead_tx.send_if_modified(|dead| {
+                if dead.is_some() {
+                    return false;
+                }
+                tracing::warn!(target: LOG_TARGET, "the Python driver host for {entries} {why}; its drivers answer UNAVAILABLE until the next lease");
+                *dead = Some(why);
+                true
+            });
         });
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.push(exited);
@@ -307,7 +305,16 @@ impl HostProcess {
 
     /// Tells the host to close its drivers and leave; kills it if it takes too long.
     pub async fn stop(&self) {
-        if self.dead().is_none() && self.send(json!({"op": "stop"})).await.is_ok() {
+        let alive = self.dead().is_none();
+        // Its exit from here on is the one asked for, not news for the log.
+        self.dead_tx.send_if_modified(|dead| {
+            if dead.is_some() {
+                return false;
+            }
+            *dead = Some("was stopped".into());
+            true
+        });
+        if alive && self.send(json!({"op": "stop"})).await.is_ok() {
             let _ = self.reply("stopped", STOP_GRACE).await;
         }
         // Closing stdin is the host's other way out.
