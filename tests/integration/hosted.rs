@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_testkit::{FakeController, Options};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -504,4 +505,249 @@ fn a_missing_driver_package_is_a_config_error_for_check_and_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Upstream's own exporter (`jmp run`, 0.9.0, standalone TCP) on a config; killed on drop.
+struct UpstreamExporter {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl UpstreamExporter {
+    async fn start(config: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = python::command("jmp")
+            .args(["run", "--exporter-config"])
+            .arg(config)
+            .args(["--tls-grpc-listener", &addr, "--tls-grpc-insecure"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start upstream's exporter");
+        let this = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while this.channel().await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "upstream's exporter never served on {}",
+                this.addr
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        this
+    }
+
+    async fn channel(&self) -> Option<tonic::transport::Channel> {
+        channel_to(&self.addr).await
+    }
+}
+
+impl Drop for UpstreamExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A channel to a session on `addr` once it answers GetReport.
+async fn channel_to(addr: &str) -> Option<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    ExporterServiceClient::new(channel.clone())
+        .get_report(())
+        .await
+        .ok()?;
+    Some(channel)
+}
+
+/// How every way a call can end looks to a client of `channel`: results as JSON, errors as
+/// their status code and message. A streaming call that fails at once and one that fails
+/// before its first result look the same to a client, so both are "[] then the status".
+async fn call_outcomes(channel: tonic::transport::Channel) -> Vec<String> {
+    use jmp_exporter::proto::{DriverCallRequest, StreamingDriverCallRequest};
+    use jmp_exporter::session::value::{from_json, to_json};
+    use tokio_stream::StreamExt;
+
+    let mut client = ExporterServiceClient::new(channel.clone());
+    let uuid = jmp_testkit::client::driver_uuid(&channel, "counter").await;
+    let unary: [(&str, Value); 9] = [
+        ("add", json!([2])),
+        ("add", json!([-1])),
+        ("add", json!([])),
+        ("unready", json!([])),
+        ("late", json!([])),
+        ("fails", json!([])),
+        ("helper", json!([])),
+        ("nope", json!([])),
+        ("countdown", json!([2])),
+    ];
+    let mut seen = Vec::new();
+    for (method, args) in unary {
+        let request = DriverCallRequest {
+            uuid: uuid.clone(),
+            method: method.into(),
+            args: args
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned()
+                .map(from_json)
+                .collect(),
+        };
+        seen.push(match client.driver_call(request).await {
+            Ok(r) => format!(
+                "{method}: ok {}",
+                to_json(r.into_inner().result.unwrap_or_default())
+            ),
+            Err(s) => format!("{method}: {:?} {}", s.code(), s.message()),
+        });
+    }
+    let streaming: [(&str, Value); 5] = [
+        ("countdown", json!([3])),
+        ("fails_after", json!([2])),
+        ("refuses", json!([4])),
+        ("add", json!([1])),
+        ("nope", json!([])),
+    ];
+    for (method, args) in streaming {
+        let request = StreamingDriverCallRequest {
+            uuid: uuid.clone(),
+            method: method.into(),
+            args: args
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned()
+                .map(from_json)
+                .collect(),
+        };
+        let mut results = Vec::new();
+        let end = match client.streaming_driver_call(request).await {
+            Err(s) => format!("{:?} {}", s.code(), s.message()),
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                loop {
+                    match stream.next().await {
+                        None => break "ok".to_string(),
+                        Some(Ok(item)) => results.push(to_json(item.result.unwrap_or_default())),
+                        Some(Err(s)) => break format!("{:?} {}", s.code(), s.message()),
+                    }
+                }
+            }
+        };
+        seen.push(format!(
+            "{method} (streaming): {} then {end}",
+            Value::from(results)
+        ));
+    }
+    seen
+}
+
+/// Every way a hosted driver's call can end (a result, each exception upstream's driver base
+/// maps to a status, one it does not, a method that is not exported or does not exist, a
+/// streaming call that fails before or after its first result), asked of upstream's own
+/// exporter and of ours with the same config: the same results, codes and messages. And a
+/// client that goes away cancels the call in the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosted_calls_end_as_they_do_under_upstreams_exporter() {
+    let dir = tempfile::tempdir().unwrap();
+    let export =
+        "export:\n  counter:\n    type: acme_lab.driver.Counter\n    config: {start: 10}\n";
+    let config = write(dir.path(), "exporter.yaml", &format!("{HEADER}{export}"));
+    let upstream = UpstreamExporter::start(&config).await;
+    let theirs = call_outcomes(upstream.channel().await.expect("upstream serves")).await;
+    drop(upstream);
+
+    let ours = {
+        let (config, envs) = (config.clone(), hosting_env());
+        tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Exporter::tcp_with_env(&config, &["--tls-grpc-insecure"], &envs)
+        })
+        .await
+        .unwrap()
+    };
+    let addr = ours.tcp.clone().expect("our exporter's address");
+    let channel = channel_to(&addr).await.expect("ours serves");
+    let mine = call_outcomes(channel.clone()).await;
+    assert_eq!(
+        mine, theirs,
+        "hosted calls must end as under upstream's exporter"
+    );
+
+    // A client that goes away cancels the hosted call, streaming or not, as upstream's
+    // server does; the calls after it are served as before.
+    use jmp_exporter::proto::{DriverCallRequest, StreamingDriverCallRequest};
+    use tokio_stream::StreamExt;
+    let mut client = ExporterServiceClient::new(channel.clone());
+    let uuid = jmp_testkit::client::driver_uuid(&channel, "counter").await;
+    let mut ticks = client
+        .streaming_driver_call(StreamingDriverCallRequest {
+            uuid: uuid.clone(),
+            method: "ticks".into(),
+            args: vec![],
+        })
+        .await
+        .expect("ticks")
+        .into_inner();
+    for _ in 0..3 {
+        ticks.next().await.expect("a tick").expect("a tick");
+    }
+    drop(ticks);
+    let hang = client.driver_call(DriverCallRequest {
+        uuid: uuid.clone(),
+        method: "hang".into(),
+        args: vec![],
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(300), hang)
+        .await
+        .is_err());
+    for needle in ["ticks stopped after", "hang given up"] {
+        assert!(
+            ours.wait_for_log(needle),
+            "{needle:?} not logged:\n{}",
+            ours.log()
+        );
+    }
+    let again = client
+        .driver_call(DriverCallRequest {
+            uuid,
+            method: "add".into(),
+            args: vec![jmp_exporter::session::value::from_json(json!(1))],
+        })
+        .await
+        .expect("a call after the cancelled ones");
+    assert_eq!(
+        jmp_exporter::session::value::to_json(again.into_inner().result.unwrap_or_default()),
+        json!(13.0)
+    );
+
+    // Both could be wrong the same way (the test driver broken, say): the cases are what
+    // they claim to be.
+    let expect = [
+        "add: ok 12.0",
+        "add: InvalidArgument cannot add -1.0: only forward",
+        "unready: Unimplemented acme counters cannot do that yet",
+        "late: DeadlineExceeded the counter did not answer in 2s",
+        "fails: Unknown counter jammed at 12",
+        "helper: NotFound method helper missing marker",
+        "nope: NotFound method nope not found on driver",
+        "countdown (streaming): [3.0,2.0,1.0] then ok",
+        "fails_after (streaming): [0.0,1.0] then Unknown jammed after 2.0",
+        "refuses (streaming): [] then InvalidArgument no countdown from 4.0",
+    ];
+    for want in expect {
+        assert!(
+            theirs.iter().any(|s| s.starts_with(want)),
+            "upstream's answers lack {want:?}: {theirs:#?}"
+        );
+    }
 }

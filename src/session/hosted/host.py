@@ -4,16 +4,18 @@
 #
 #   exporter -> host                          host -> exporter
 #   {"op":"load","config":TEXT,"roots":[P]}   {"op":"loaded","labels":{P:CLIENT},"errors":{P:TEXT}}
-#   {"op":"serve","uuids":{P:UUID}}           {"op":"serving","socket":PATH,"failed":{P:{...}}}
+#   {"op":"serve","uuids":{P:UUID}}           {"op":"serving","socket":PATH,"lane":PATH,"failed":{...}}
 #   {"op":"ping","n":N}                       {"op":"pong","n":N}
 #   {"op":"stop"}                             {"op":"stopped"}
 #
 # P is an entry's dotted name from the top of `export:`. The host builds the entries named in
 # "roots" (and everything below them) with upstream's own code, at the same place in a tree of
 # its own, serves that tree's Session on a Unix socket, and the exporter forwards its clients'
-# calls to it. Log records go to stderr, one JSON object per line. When stdin closes (the
+# calls to it: byte and resource streams over gRPC, driver calls over the lane (below), which
+# spares each call the Python gRPC server's cost and gives the same answers. Log records go to stderr, one JSON object per line. When stdin closes (the
 # exporter is gone, even killed) the host closes its drivers and exits.
 
+import asyncio
 import json
 import logging
 import os
@@ -21,6 +23,9 @@ import sys
 import threading
 import traceback
 import uuid
+
+from anyio import BrokenResourceError, EndOfStream
+from anyio.abc import ObjectStream
 
 _out = threading.Lock()
 
@@ -173,9 +178,20 @@ class Host:
             return
         with session:
             async with session.serve_unix_async() as path:
+                lane = await serve_lane(session, path.parent / "lane")
                 session.update_status(ExporterStatus.LEASE_READY)
-                send({"op": "serving", "socket": str(path), "failed": self.describe_failed(failed)})
-                await self.idle(commands)
+                send(
+                    {
+                        "op": "serving",
+                        "socket": str(path),
+                        "lane": str(path.parent / "lane"),
+                        "failed": self.describe_failed(failed),
+                    }
+                )
+                try:
+                    await self.idle(commands)
+                finally:
+                    lane.close()
 
     def describe_failed(self, failed):
         return {p: {"error": e, "client": self.labels.get(p)} for p, e in failed.items()}
@@ -187,6 +203,259 @@ class Host:
                 return
             if message.get("op") == "ping":
                 send({"op": "pong", "n": message.get("n")})
+
+
+# The lane: driver calls and byte and resource streams without a gRPC server. The exporter
+# keeps a pool of connections to a second Unix socket and runs one call at a time on each, as
+# frames of [u32 big-endian payload length][u8 kind][payload]:
+#
+#   exporter -> host                          host -> exporter
+#   1 CALL  DriverCallRequest                 1 RESULT  a response message (one per result,
+#   2 STREAMING  StreamingDriverCallRequest             a StreamResponse in a stream)
+#   3 OPEN  a stream's `request` metadata     2 DONE    a streaming call ended well
+#   4 FRAME  a client's StreamRequest         3 ERROR   u32 status code, then the message
+#   5 END  the client ended its side          4 HEADERS a stream's headers, JSON [[k, v]]
+#
+# Calls run upstream's own Session.DriverCall / StreamingDriverCall, and streams the driver's
+# own Stream as upstream's session does, with a context that does what grpc.aio's does for
+# them: the first abort sets the status, an exception no abort caught is UNKNOWN "Unexpected
+# <class>: text", a header whose value is None is sent empty. The exporter closing the
+# connection cancels the call or stream (the client went away), as the gRPC server would; a
+# stream's connection is not used again.
+
+CALL, STREAMING, OPEN, FRAME, END = 1, 2, 3, 4, 5
+RESULT, DONE, ERROR, HEADERS = 1, 2, 3, 4
+HEADER = 5
+# A stream's frames queued from the exporter before the socket is read no more, and again.
+INBOUND_HIGH, INBOUND_LOW = 16, 4
+
+
+class Aborted(Exception):
+    pass
+
+
+class LaneContext:
+    """The part of a grpc.aio servicer context that upstream's driver calls use."""
+
+    __slots__ = ("code", "details", "lane")
+
+    def __init__(self, lane):
+        self.code = None
+        self.details = ""
+        self.lane = lane
+
+    async def abort(self, code, details="", trailing_metadata=()):
+        if self.code is None:
+            self.code, self.details = code.value[0], details
+        raise Aborted(details)
+
+    def invocation_metadata(self):
+        return ()
+
+    def done(self):
+        return self.lane.closed
+
+    def cancelled(self):
+        return self.lane.closed
+
+    def time_remaining(self):
+        return None
+
+
+def frame(kind, payload=b""):
+    return len(payload).to_bytes(4, "big") + bytes((kind,)) + payload
+
+
+def error_frame(code, details):
+    return frame(ERROR, code.to_bytes(4, "big") + details.encode("utf-8", "replace"))
+
+
+class Lane(asyncio.Protocol):
+    """One connection from the exporter, as an asyncio protocol: frames in, a task per call."""
+
+    def __init__(self, session, messages, router):
+        self.session = session
+        self.messages = messages
+        self.router = router
+        self.buffer = bytearray()
+        self.transport = None
+        self.task = None
+        self.closed = False
+        self.closed_event = None
+        self.writable = None
+        self.inbound = None
+        self.reading_paused = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        while len(self.buffer) >= HEADER:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < HEADER + size:
+                return
+            kind = self.buffer[4]
+            payload = bytes(self.buffer[HEADER : HEADER + size])
+            del self.buffer[: HEADER + size]
+            if self.inbound is not None and kind in (FRAME, END):
+                self.inbound.put_nowait((kind, payload))
+                if self.inbound.qsize() >= INBOUND_HIGH and not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pause_reading()
+                continue
+            if self.task is not None and not self.task.done():
+                self.transport.abort()  # one call at a time: the exporter never does this
+                return
+            if kind == OPEN:
+                self.inbound = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self.run(kind, payload))
+
+    async def next_inbound(self):
+        """The client's next stream frame (FRAME or END), or None once the exporter is gone."""
+        if self.closed and self.inbound.empty():
+            return None
+        getter = asyncio.ensure_future(self.inbound.get())
+        if self.closed_event is None:
+            self.closed_event = asyncio.Event()
+        closed = asyncio.ensure_future(self.closed_event.wait())
+        done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if getter not in done:
+            getter.cancel()
+            closed.cancel()
+            return None
+        closed.cancel()
+        if self.reading_paused and self.inbound.qsize() <= INBOUND_LOW:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return getter.result()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.closed_event is not None:
+            self.closed_event.set()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.writable is not None:
+            self.writable.set()
+
+    def pause_writing(self):
+        self.writable = asyncio.Event()
+
+    def resume_writing(self):
+        if self.writable is not None:
+            self.writable.set()
+            self.writable = None
+
+    async def drained(self):
+        while self.writable is not None and not self.closed:
+            await self.writable.wait()
+
+    async def run(self, kind, payload):
+        context = LaneContext(self)
+        try:
+            if kind == CALL:
+                request = self.messages.DriverCallRequest.FromString(payload)
+                response = await self.session.DriverCall(request, context)
+                if context.code is None:
+                    self.transport.write(frame(RESULT, response.SerializeToString()))
+            elif kind == STREAMING:
+                request = self.messages.StreamingDriverCallRequest.FromString(payload)
+                async for response in self.session.StreamingDriverCall(request, context):
+                    self.transport.write(frame(RESULT, response.SerializeToString()))
+                    await self.drained()
+                    if self.closed:
+                        return
+                if context.code is None:
+                    self.transport.write(frame(DONE))
+            elif kind == OPEN:
+                await self.stream(payload, context)
+            else:
+                self.transport.write(error_frame(12, f"unknown lane frame kind {kind}"))
+                return
+        except Aborted:
+            pass
+        except Exception as e:
+            if context.code is None:
+                context.code, context.details = 2, f"Unexpected {type(e)}: {e}"
+        if context.code is not None and not self.closed:
+            self.transport.write(error_frame(context.code, context.details))
+
+    async def stream(self, payload, context):
+        from anyio import TypedAttributeLookupError, sleep_forever
+        from jumpstarter.common.streams import StreamRequestMetadata
+        from jumpstarter.streams.common import forward_stream
+        from jumpstarter.streams.metadata import MetadataStreamAttributes
+
+        request = StreamRequestMetadata(request=payload.decode()).request
+        async with self.session[request.uuid].Stream(request, context) as stream:
+            metadata = []
+            try:
+                metadata.extend(stream.extra(MetadataStreamAttributes.metadata).items())
+            except TypedAttributeLookupError:
+                pass
+            headers = [[k, "" if v is None else str(v)] for k, v in metadata]
+            self.transport.write(frame(HEADERS, json.dumps(headers).encode()))
+            async with LaneRouterStream(self, context) as remote:
+                async with forward_stream(remote, stream):
+                    # As upstream's session: the stream lasts until the client ends the call.
+                    await sleep_forever()
+
+
+class LaneRouterStream(ObjectStream):
+    """The client's side of a stream over the lane, as upstream's RouterStream is over gRPC:
+    DATA frames are the payload, GOAWAY or the end of the client's side ends input, a PING
+    (or a frame of a kind not known) reads as empty bytes."""
+
+    def __init__(self, lane, context):
+        self.lane = lane
+        self.context = context
+        self.router = lane.router
+
+    async def send(self, item):
+        if self.lane.closed:
+            raise BrokenResourceError
+        message = self.router.StreamResponse(payload=item)
+        self.lane.transport.write(frame(RESULT, message.SerializeToString()))
+        await self.lane.drained()
+
+    async def receive(self):
+        got = await self.lane.next_inbound()
+        if got is None:
+            raise BrokenResourceError
+        kind, payload = got
+        if kind == END:
+            raise EndOfStream
+        message = self.router.StreamRequest.FromString(payload)
+        if message.frame_type == self.router.FRAME_TYPE_DATA:
+            return message.payload
+        if message.frame_type == self.router.FRAME_TYPE_GOAWAY:
+            raise EndOfStream
+        return b""
+
+    async def send_eof(self):
+        if not self.lane.closed:
+            goaway = self.router.StreamResponse(frame_type=self.router.FRAME_TYPE_GOAWAY)
+            self.lane.transport.write(frame(RESULT, goaway.SerializeToString()))
+
+    async def aclose(self):
+        from grpc import StatusCode
+
+        await self.send_eof()
+        await self.context.abort(StatusCode.ABORTED, "RouterStream: aclose")
+
+
+async def serve_lane(session, path):
+    """Listens for the exporter's lane connections at `path`; returns the server."""
+    from jumpstarter_protocol import jumpstarter_pb2, router_pb2
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(
+        lambda: Lane(session, jumpstarter_pb2, router_pb2), path=str(path)
+    )
 
 
 def host_root(children, composite):
@@ -215,8 +484,6 @@ def read_commands(loop, queue):
 
 
 async def main():
-    import asyncio
-
     commands = asyncio.Queue()
     threading.Thread(
         target=read_commands, args=(asyncio.get_running_loop(), commands), daemon=True

@@ -11,6 +11,7 @@
 //! lease ends. A host that dies or hangs fails only its own drivers (UNAVAILABLE, naming the
 //! entries and how it ended) and is replaced for the next lease.
 
+pub mod lane;
 pub mod process;
 pub mod proxy;
 
@@ -188,6 +189,7 @@ impl Hosting {
 pub struct HostedSession {
     host: Option<HostProcess>,
     client: Option<HostClient>,
+    lane: Option<Arc<lane::Lane>>,
     /// Drives the HTTP/2 connection to the host; it goes with the session.
     connection: Option<JoinHandle<()>>,
     /// Dotted entry name → why the host could not build it, and its client class if known.
@@ -205,6 +207,7 @@ impl HostedSession {
         Self {
             host: None,
             client: None,
+            lane: None,
             connection: None,
             failed: HashMap::new(),
             reports: HashMap::new(),
@@ -249,9 +252,16 @@ impl HostedSession {
                 HashMap::new()
             }
         };
+        let Some(lane) = serving.lane else {
+            let mut s = Self::unavailable(&entries, "gave no socket for driver calls".into());
+            s.failed = serving.failed;
+            s.host = Some(host);
+            return s;
+        };
         Self {
             host: Some(host),
             client: Some(client),
+            lane: Some(Arc::new(lane::Lane::new(lane, entries.clone()))),
             connection: Some(connection),
             failed: serving.failed,
             reports,
@@ -292,6 +302,10 @@ impl HostedSession {
 
     pub fn client(&self) -> Option<HostClient> {
         self.client.clone()
+    }
+
+    pub fn lane(&self) -> Option<Arc<lane::Lane>> {
+        self.lane.clone()
     }
 
     pub fn pid(&self) -> Option<u32> {

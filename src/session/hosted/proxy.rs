@@ -1,18 +1,17 @@
 //! Forwarding a client's calls and streams to the driver host, untouched: requests go as they
 //! came (arguments, method, `request` metadata), and the host's results, statuses and
-//! response headers come back as they are, frame for frame. Only a host that cannot be reached
+//! stream headers come back as they are, frame for frame, all over the host's [`Lane`]. Only a host that cannot be reached
 //! changes an answer: the client gets UNAVAILABLE saying which host and why.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
+use tonic::{Response, Status, Streaming};
 
-use super::{HostClient, HostedSession};
-use crate::proto::exporter_service_client::ExporterServiceClient;
-use crate::proto::router_service_client::RouterServiceClient;
+use super::lane::Lane;
+use super::HostedSession;
 use crate::proto::{
     DriverCallRequest, DriverCallResponse, StreamRequest, StreamResponse,
     StreamingDriverCallRequest, StreamingDriverCallResponse,
@@ -20,10 +19,7 @@ use crate::proto::{
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The most a host's message may be: larger than a client may send, so the host is the limit.
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-
-/// Headers a gRPC server sets itself; the rest of a host's response headers are the driver's.
+/// Headers our gRPC server sets itself, which a driver's stream headers must not replace.
 fn is_transport_header(key: &str) -> bool {
     key.starts_with("grpc-") || matches!(key, "content-type" | "date" | "te" | "user-agent")
 }
@@ -35,15 +31,6 @@ pub struct HostedRef {
 }
 
 impl HostedRef {
-    fn client(&self) -> Result<HostClient, Status> {
-        if let Some(why) = self.session.unreachable() {
-            return Err(Status::unavailable(why));
-        }
-        self.session
-            .client()
-            .ok_or_else(|| Status::unavailable("the Python driver host is not serving"))
-    }
-
     /// A status from the host, unless the host itself is the problem.
     fn answer(&self, status: Status) -> Status {
         match self.session.unreachable() {
@@ -52,70 +39,80 @@ impl HostedRef {
         }
     }
 
+    fn lane(&self) -> Result<Arc<Lane>, Status> {
+        if let Some(why) = self.session.unreachable() {
+            return Err(Status::unavailable(why));
+        }
+        self.session
+            .lane()
+            .ok_or_else(|| Status::unavailable("the Python driver host is not serving"))
+    }
+
     pub async fn driver_call(
         &self,
         request: DriverCallRequest,
     ) -> Result<Response<DriverCallResponse>, Status> {
-        let mut client = ExporterServiceClient::with_origin(self.client()?, HostClient::origin())
-            .max_decoding_message_size(MAX_MESSAGE);
-        let response = client
-            .driver_call(Request::new(request))
+        let response = self
+            .lane()?
+            .driver_call(&request)
             .await
             .map_err(|s| self.answer(s))?;
-        Ok(Response::new(response.into_inner()))
+        Ok(Response::new(response))
     }
 
     pub async fn streaming_driver_call(
         &self,
         request: StreamingDriverCallRequest,
     ) -> Result<BoxStream<StreamingDriverCallResponse>, Status> {
-        let mut client = ExporterServiceClient::with_origin(self.client()?, HostClient::origin())
-            .max_decoding_message_size(MAX_MESSAGE);
-        let results = client
-            .streaming_driver_call(Request::new(request))
+        let results = self
+            .lane()?
+            .streaming_driver_call(&request)
             .await
-            .map_err(|s| self.answer(s))?
-            .into_inner();
+            .map_err(|s| self.answer(s))?;
         let this = self.clone();
         Ok(Box::pin(
             results.map(move |r| r.map_err(|s| this.answer(s))),
         ))
     }
 
-    /// A byte or resource stream: the client's `request` metadata as it came, the host's
-    /// response headers before any frame, frames one to one both ways; the client's end of
+    /// A byte or resource stream: the client's `request` metadata as it came, the driver's
+    /// stream headers before any frame, frames one to one both ways; the client's end of
     /// input ends the host's, and dropping the answer (the client went away) cancels it.
     pub async fn stream(
         &self,
         metadata: &MetadataMap,
         inbound: Streaming<StreamRequest>,
     ) -> Result<Response<BoxStream<StreamResponse>>, Status> {
-        let mut client = RouterServiceClient::with_origin(self.client()?, HostClient::origin())
-            .max_decoding_message_size(MAX_MESSAGE);
-        // A frame the client sent that cannot be read ends what goes to the host, as end of
-        // input would; the client's own call already carries that error.
-        let outbound = inbound
-            .take_while(|r| std::future::ready(r.is_ok()))
-            .filter_map(|r| std::future::ready(r.ok()));
-        let mut request = Request::new(outbound);
-        if let Some(value) = metadata.get("request") {
-            request.metadata_mut().insert("request", value.clone());
-        }
-        let answer = client.stream(request).await.map_err(|s| self.answer(s))?;
-        let mut headers = MetadataMap::new();
-        for entry in answer.metadata().iter() {
-            if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry {
-                if !is_transport_header(key.as_str()) {
-                    headers.insert(key.clone(), value.clone());
+        let request = metadata
+            .get("request")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let (headers, frames) = self
+            .lane()?
+            .stream(request, inbound)
+            .await
+            .map_err(|s| self.answer(s))?;
+        let mut relayed = MetadataMap::new();
+        for (key, value) in headers {
+            if is_transport_header(&key) {
+                continue;
+            }
+            match (
+                MetadataKey::<Ascii>::from_bytes(key.as_bytes()),
+                MetadataValue::try_from(value.as_str()),
+            ) {
+                (Ok(key), Ok(value)) => {
+                    relayed.insert(key, value);
+                }
+                _ => {
+                    tracing::warn!(header = %key, "a hosted driver's stream header cannot be sent over gRPC; left out")
                 }
             }
         }
         let this = self.clone();
-        let frames = answer
-            .into_inner()
-            .map(move |r| r.map_err(|s| this.answer(s)));
+        let frames = frames.map(move |r| r.map_err(|s| this.answer(s)));
         let mut response = Response::new(Box::pin(frames) as BoxStream<StreamResponse>);
-        *response.metadata_mut() = headers;
+        *response.metadata_mut() = relayed;
         Ok(response)
     }
 }

@@ -1,11 +1,12 @@
-"""A lab's own driver: a counter with a plain call, a streaming call and a byte stream, plus
-one that fails when it is built and one whose call raises ValueError."""
+"""A lab's own driver: a counter with a plain call, a streaming call and a byte stream, calls
+that fail in each way upstream's driver base maps to a status, and a driver that fails when
+it is built."""
 
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import field
 
-from anyio import create_memory_object_stream
+from anyio import create_memory_object_stream, sleep
 from anyio.streams.stapled import StapledObjectStream
 from pydantic.dataclasses import dataclass
 
@@ -38,6 +39,52 @@ class Counter(Driver):
     async def countdown(self, n: int) -> AsyncGenerator[int, None]:
         for i in range(int(n), 0, -1):
             yield i
+
+    @export
+    def unready(self):
+        raise NotImplementedError("acme counters cannot do that yet")
+
+    @export
+    async def late(self):
+        raise TimeoutError("the counter did not answer in 2s")
+
+    @export
+    def fails(self):
+        raise RuntimeError("counter jammed at %d" % self.count)
+
+    @export
+    async def fails_after(self, n: int) -> AsyncGenerator[int, None]:
+        for i in range(int(n)):
+            yield i
+        raise RuntimeError(f"jammed after {n}")
+
+    @export
+    async def refuses(self, n: int) -> AsyncGenerator[int, None]:
+        if n >= 0:
+            raise ValueError(f"no countdown from {n}")
+        yield n
+
+    @export
+    async def ticks(self) -> AsyncGenerator[int, None]:
+        i = 0
+        try:
+            while True:
+                yield i
+                i += 1
+                await sleep(0.05)
+        finally:
+            self.logger.info("ticks stopped after %d", i)
+
+    @export
+    async def hang(self):
+        try:
+            await sleep(3600)
+        finally:
+            self.logger.info("hang given up")
+
+    def helper(self):
+        """Not exported: a client must not reach it."""
+        return self.count
 
     @exportstream
     @asynccontextmanager
