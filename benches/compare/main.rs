@@ -22,10 +22,12 @@
 //! This is a measurement, not a test: it asserts nothing and is not part of `cargo test`.
 //!
 //! Layout: `targets` starts the servers measured (ours, Python, the minimal one in `minimal`),
-//! `router` the leased setup behind the fake controller, `pty` the serial echo peer; `load`
+//! `router` the leased setup behind the fake controller, `lease` the time a lease takes to
+//! start there (hosted against Python), `pty` the serial echo peer; `load`
 //! drives and measures them, with `usage` reading what their processes spent; `report` prints
 //! the tables and `profile` is the fixed-load mode.
 
+mod lease;
 mod load;
 mod minimal;
 mod profile;
@@ -143,6 +145,12 @@ fn main() {
             eprintln!("measuring {} ...", target.name);
             let mut r = measure(&target).await;
             r["memory_by_process_kib"] = usage::memory_by_process(target.child.id());
+            drop(target);
+            eprintln!("lease start behind the fake controller: hosted, then python ...");
+            r["lease"] = lease::lease_start(true).await;
+            if wanted("python") {
+                python_r["lease"] = lease::lease_start(false).await;
+            }
             results.insert("hosted".into(), r);
         }
         if wanted("minimal") {

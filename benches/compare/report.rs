@@ -292,6 +292,16 @@ pub(crate) fn print_hosted(results: &Value) {
             "no slower",
         ),
         (
+            "lease assigned → LEASE_READY, p50 of 8 (ms)",
+            "lease.lease_ready_p50_ms",
+            "no slower",
+        ),
+        (
+            "lease assigned → LEASE_READY, slowest of 8 (ms)",
+            "lease.lease_ready_max_ms",
+            "",
+        ),
+        (
             "unary DriverCall, 1 caller (calls/s)",
             "unary_1.calls_per_s",
             "≥ 0.9",

@@ -4,15 +4,15 @@
 #
 #   exporter -> host                          host -> exporter
 #   {"op":"load","config":TEXT,"roots":[P]}   {"op":"loaded","labels":{P:CLIENT},"errors":{P:TEXT}}
-#   {"op":"serve","uuids":{P:UUID}}           {"op":"serving","socket":PATH,"lane":PATH,"failed":{...}}
+#   {"op":"serve","uuids":{P:UUID}}           {"op":"serving","socket":PATH,"failed":{P:{...}}}
 #   {"op":"ping","n":N}                       {"op":"pong","n":N}
 #   {"op":"stop"}                             {"op":"stopped"}
 #
 # P is an entry's dotted name from the top of `export:`. The host builds the entries named in
 # "roots" (and everything below them) with upstream's own code, at the same place in a tree of
-# its own, serves that tree's Session on a Unix socket, and the exporter forwards its clients'
-# calls to it: byte and resource streams over gRPC, driver calls over the lane (below), which
-# spares each call the Python gRPC server's cost and gives the same answers. Log records go to stderr, one JSON object per line. When stdin closes (the
+# its own, and serves that tree's Session on a Unix socket through the lane (below), where the
+# exporter forwards its clients' calls and streams: a gRPC server there would cost each call
+# more than the driver does, and would add its start to every lease's. Log records go to stderr, one JSON object per line. When stdin closes (the
 # exporter is gone, even killed) the host closes its drivers and exits.
 
 import asyncio
@@ -142,7 +142,7 @@ class Host:
         return built, failed
 
     async def serve(self, message, commands):
-        from jumpstarter.common import ExporterStatus
+        from jumpstarter.common import ExporterStatus, TemporarySocket
         from jumpstarter.exporter import Session
         from jumpstarter_driver_composite.driver import Composite
 
@@ -176,22 +176,14 @@ class Host:
             send({"op": "serving", "socket": None, "failed": self.describe_failed(failed)})
             await self.idle(commands)
             return
-        with session:
-            async with session.serve_unix_async() as path:
-                lane = await serve_lane(session, path.parent / "lane")
-                session.update_status(ExporterStatus.LEASE_READY)
-                send(
-                    {
-                        "op": "serving",
-                        "socket": str(path),
-                        "lane": str(path.parent / "lane"),
-                        "failed": self.describe_failed(failed),
-                    }
-                )
-                try:
-                    await self.idle(commands)
-                finally:
-                    lane.close()
+        with session, TemporarySocket() as path:
+            lane = await serve_lane(session, path)
+            session.update_status(ExporterStatus.LEASE_READY)
+            send({"op": "serving", "socket": str(path), "failed": self.describe_failed(failed)})
+            try:
+                await self.idle(commands)
+            finally:
+                lane.close()
 
     def describe_failed(self, failed):
         return {p: {"error": e, "client": self.labels.get(p)} for p, e in failed.items()}
@@ -205,9 +197,9 @@ class Host:
                 send({"op": "pong", "n": message.get("n")})
 
 
-# The lane: driver calls and byte and resource streams without a gRPC server. The exporter
-# keeps a pool of connections to a second Unix socket and runs one call at a time on each, as
-# frames of [u32 big-endian payload length][u8 kind][payload]:
+# The lane: reports, driver calls, and byte and resource streams, without a gRPC server. The
+# exporter keeps a pool of connections to the session socket and runs one call at a time on
+# each, as frames of [u32 big-endian payload length][u8 kind][payload]:
 #
 #   exporter -> host                          host -> exporter
 #   1 CALL  DriverCallRequest                 1 RESULT  a response message (one per result,
@@ -215,15 +207,16 @@ class Host:
 #   3 OPEN  a stream's `request` metadata     2 DONE    a streaming call ended well
 #   4 FRAME  a client's StreamRequest         3 ERROR   u32 status code, then the message
 #   5 END  the client ended its side          4 HEADERS a stream's headers, JSON [[k, v]]
+#   6 REPORT  (empty)                         RESULT with the GetReportResponse
 #
-# Calls run upstream's own Session.DriverCall / StreamingDriverCall, and streams the driver's
-# own Stream as upstream's session does, with a context that does what grpc.aio's does for
-# them: the first abort sets the status, an exception no abort caught is UNKNOWN "Unexpected
-# <class>: text", a header whose value is None is sent empty. The exporter closing the
-# connection cancels the call or stream (the client went away), as the gRPC server would; a
-# stream's connection is not used again.
+# Each runs upstream's own Session.GetReport, DriverCall or StreamingDriverCall, or the
+# driver's own Stream as upstream's session does, with a context that does what grpc.aio's
+# does for them: the first abort sets the status, an exception no abort caught is UNKNOWN
+# "Unexpected <class>: text", a header whose value is None is sent empty. The exporter
+# closing the connection cancels the call or stream (the client went away), as the gRPC
+# server would; a stream's connection is not used again.
 
-CALL, STREAMING, OPEN, FRAME, END = 1, 2, 3, 4, 5
+CALL, STREAMING, OPEN, FRAME, END, REPORT = 1, 2, 3, 4, 5, 6
 RESULT, DONE, ERROR, HEADERS = 1, 2, 3, 4
 HEADER = 5
 # A stream's frames queued from the exporter before the socket is read no more, and again.
@@ -373,6 +366,9 @@ class Lane(asyncio.Protocol):
                     self.transport.write(frame(DONE))
             elif kind == OPEN:
                 await self.stream(payload, context)
+            elif kind == REPORT:
+                report = await self.session.GetReport(None, context)
+                self.transport.write(frame(RESULT, report.SerializeToString()))
             else:
                 self.transport.write(error_frame(12, f"unknown lane frame kind {kind}"))
                 return

@@ -1,4 +1,4 @@
-//! The lane to a driver host: driver calls and byte and resource streams as length-prefixed
+//! The lane to a driver host: its report, driver calls, and byte and resource streams as length-prefixed
 //! frames on a pool of Unix socket connections, one call or stream at a time on each
 //! (`host.py` documents the frames). A second gRPC server in the path cost more than the
 //! Python driver itself; a frame each way costs a write and a read. Dropping a call or stream
@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use tonic::{Code, Status};
 
 use crate::proto::{
-    DriverCallRequest, DriverCallResponse, StreamRequest, StreamResponse,
+    DriverCallRequest, DriverCallResponse, GetReportResponse, StreamRequest, StreamResponse,
     StreamingDriverCallRequest, StreamingDriverCallResponse,
 };
 
@@ -26,6 +26,7 @@ const STREAMING: u8 = 2;
 const OPEN: u8 = 3;
 const FRAME: u8 = 4;
 const END: u8 = 5;
+const REPORT: u8 = 6;
 const RESULT: u8 = 1;
 const DONE: u8 = 2;
 const ERROR: u8 = 3;
@@ -149,6 +150,20 @@ impl Lane {
             "the Python driver host for {} sent an answer that cannot be read: {e}",
             self.entries
         ))
+    }
+
+    /// The host session's GetReport: its drivers' reports as upstream's session gives them.
+    pub async fn report(&self) -> Result<GetReportResponse, Status> {
+        let mut conn = self.take().await?;
+        conn.send(REPORT, &[]).await.map_err(|e| self.broken(&e))?;
+        let (kind, payload) = conn.receive().await.map_err(|e| self.broken(&e))?;
+        let answer = match kind {
+            RESULT => GetReportResponse::decode(payload).map_err(|e| self.undecodable(e)),
+            ERROR => Err(status_of(&payload)),
+            other => return Err(self.unexpected(other)),
+        };
+        self.give_back(conn);
+        answer
     }
 
     pub async fn driver_call(

@@ -19,12 +19,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinHandle;
 
 use self::process::{HostError, HostProcess};
 use crate::config::{Entry, ExporterConfig};
-use crate::proto::exporter_service_client::ExporterServiceClient;
 use crate::proto::DriverInstanceReport;
 
 /// The host script, run with `python -c`.
@@ -188,10 +186,7 @@ impl Hosting {
 /// One session's hosted drivers: a host serving them, or why there is none.
 pub struct HostedSession {
     host: Option<HostProcess>,
-    client: Option<HostClient>,
     lane: Option<Arc<lane::Lane>>,
-    /// Drives the HTTP/2 connection to the host; it goes with the session.
-    connection: Option<JoinHandle<()>>,
     /// Dotted entry name → why the host could not build it, and its client class if known.
     pub failed: HashMap<String, (String, Option<String>)>,
     /// The host's reports by UUID, as upstream's session gives them.
@@ -206,9 +201,7 @@ impl HostedSession {
     fn unavailable(entries: &str, why: String) -> Self {
         Self {
             host: None,
-            client: None,
             lane: None,
-            connection: None,
             failed: HashMap::new(),
             reports: HashMap::new(),
             never: Some(why),
@@ -225,44 +218,17 @@ impl HostedSession {
             s.host = Some(host);
             return s;
         };
-        let (client, connection) = match HostClient::connect(&socket).await {
-            Ok(c) => c,
-            Err(e) => {
-                let mut s = Self::unavailable(
-                    &entries,
-                    format!("cannot be reached on {}: {e}", socket.display()),
-                );
-                s.failed = serving.failed;
-                s.host = Some(host);
-                return s;
-            }
-        };
-        let reports = match ExporterServiceClient::with_origin(client.clone(), HostClient::origin())
-            .get_report(())
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .reports
-                .into_iter()
-                .map(|r| (r.uuid.clone(), r))
-                .collect(),
+        let lane = Arc::new(lane::Lane::new(socket, entries.clone()));
+        let reports = match lane.report().await {
+            Ok(r) => r.reports.into_iter().map(|r| (r.uuid.clone(), r)).collect(),
             Err(status) => {
                 tracing::warn!(entries = %entries, error = %status, "the Python driver host did not report its drivers");
                 HashMap::new()
             }
         };
-        let Some(lane) = serving.lane else {
-            let mut s = Self::unavailable(&entries, "gave no socket for driver calls".into());
-            s.failed = serving.failed;
-            s.host = Some(host);
-            return s;
-        };
         Self {
             host: Some(host),
-            client: Some(client),
-            lane: Some(Arc::new(lane::Lane::new(lane, entries.clone()))),
-            connection: Some(connection),
+            lane: Some(lane),
             failed: serving.failed,
             reports,
             never: None,
@@ -300,10 +266,6 @@ impl HostedSession {
         ))
     }
 
-    pub fn client(&self) -> Option<HostClient> {
-        self.client.clone()
-    }
-
     pub fn lane(&self) -> Option<Arc<lane::Lane>> {
         self.lane.clone()
     }
@@ -321,56 +283,5 @@ impl HostedSession {
         if let Some(host) = &self.host {
             host.stop().await;
         }
-        if let Some(connection) = &self.connection {
-            connection.abort();
-        }
-    }
-}
-
-/// One HTTP/2 connection to a host's session socket, shared by every call of the session: the
-/// requests go straight to the connection (no queue and worker task between, as a reconnecting
-/// channel would add), which is what a call's latency is made of here.
-#[derive(Clone)]
-pub struct HostClient(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
-
-impl HostClient {
-    async fn connect(socket: &std::path::Path) -> Result<(Self, JoinHandle<()>), String> {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to the Python driver host ended");
-            }
-        });
-        Ok((Self(send), task))
-    }
-
-    /// The origin requests carry; every one goes to the socket.
-    pub fn origin() -> tonic::codegen::http::Uri {
-        tonic::codegen::http::Uri::from_static("http://driver-host.invalid")
-    }
-}
-
-impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for HostClient {
-    type Response = tonic::codegen::http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
     }
 }

@@ -55,10 +55,8 @@ pub struct Loaded {
 /// What `serving` said.
 #[derive(Debug)]
 pub struct Serving {
-    /// The host's session socket; `None` when no driver could be served.
+    /// The host's session socket (its [`super::lane`]); `None` when no driver could be served.
     pub socket: Option<PathBuf>,
-    /// The host's lane socket, for driver calls ([`super::lane`]).
-    pub lane: Option<PathBuf>,
     /// Dotted entry name → why it was not built, and its client class if known.
     pub failed: HashMap<String, (String, Option<String>)>,
 }
@@ -246,12 +244,7 @@ impl HostProcess {
             })
             .unwrap_or_default();
         let socket = v["socket"].as_str().map(PathBuf::from);
-        let lane = v["lane"].as_str().map(PathBuf::from);
-        Ok(Serving {
-            socket,
-            lane,
-            failed,
-        })
+        Ok(Serving { socket, failed })
     }
 
     /// The process's exit marks it dead, with how it ended.
