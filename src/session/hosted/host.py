@@ -16,6 +16,7 @@
 # exporter is gone, even killed) the host closes its drivers and exits.
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -160,7 +161,7 @@ class Host:
         def composite(children, cls=Composite):
             return cls(children={n: composite(c) if isinstance(c, dict) else c for n, c in children.items()})
 
-        root = host_root(top, composite)
+        root = composite(top, host_root_class())
         # Reset each root on its own: one that raises is reported, the others serve.
         for path, driver in list(built.items()):
             try:
@@ -454,9 +455,11 @@ async def serve_lane(session, path):
     )
 
 
-def host_root(children, composite):
+@functools.cache
+def host_root_class():
     """The host tree's root: a composite whose session-start reset does nothing, because each
-    root was reset on its own (so one that raises does not stop the others)."""
+    root was reset on its own (so one that raises does not stop the others). Made once, while
+    warm: a pydantic class costs milliseconds to make."""
     from jumpstarter_driver_composite.driver import Composite
     from pydantic.dataclasses import dataclass
 
@@ -465,7 +468,28 @@ def host_root(children, composite):
         def reset(self):
             pass
 
-    return composite(children, HostRoot)
+    return HostRoot
+
+
+async def warm(entries):
+    """What a lease's start would otherwise do the first time, done before any lease: the
+    imports a session needs, the root class, the entries' config validated (no driver is
+    built), and an empty session's report."""
+    from jumpstarter.common import TemporarySocket  # noqa: F401
+    from jumpstarter.common.streams import StreamRequestMetadata  # noqa: F401
+    from jumpstarter.config.exporter import ExporterConfigV1Alpha1DriverInstance
+    from jumpstarter.exporter import Session
+    from jumpstarter.streams.common import forward_stream  # noqa: F401
+    from jumpstarter.streams.metadata import MetadataStreamAttributes  # noqa: F401
+    from jumpstarter_protocol import jumpstarter_pb2, router_pb2  # noqa: F401
+
+    for entry in entries:
+        try:
+            ExporterConfigV1Alpha1DriverInstance.model_validate(entry)
+        except Exception:
+            pass  # the lease's build reports it
+    session = Session(root_device=host_root_class()(children={}))
+    (await session.GetReport(None, None)).SerializeToString()
 
 
 def read_commands(loop, queue):
@@ -492,6 +516,7 @@ async def main():
         op = message.get("op")
         if op == "load":
             host.load(message)
+            await warm([entry_at(host.export, root) for root in host.roots])
         elif op == "ping":
             send({"op": "pong", "n": message.get("n")})
         elif op == "serve":
