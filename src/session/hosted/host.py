@@ -16,6 +16,7 @@
 # exporter is gone, even killed) the host closes its drivers and exits.
 
 import asyncio
+import collections
 import functools
 import json
 import logging
@@ -222,6 +223,8 @@ RESULT, DONE, ERROR, HEADERS = 1, 2, 3, 4
 HEADER = 5
 # A stream's frames queued from the exporter before the socket is read no more, and again.
 INBOUND_HIGH, INBOUND_LOW = 16, 4
+# Bytes of a stream's frames gathered for one write before it is made.
+PENDING_MAX = 256 * 1024
 
 
 class Aborted(Exception):
@@ -275,10 +278,12 @@ class Lane(asyncio.Protocol):
         self.transport = None
         self.task = None
         self.closed = False
-        self.closed_event = None
         self.writable = None
         self.inbound = None
+        self.inbound_waiter = None
         self.reading_paused = False
+        self.pending = []
+        self.pending_size = 0
 
     def connection_made(self, transport):
         self.transport = transport
@@ -293,8 +298,9 @@ class Lane(asyncio.Protocol):
             payload = bytes(self.buffer[HEADER : HEADER + size])
             del self.buffer[: HEADER + size]
             if self.inbound is not None and kind in (FRAME, END):
-                self.inbound.put_nowait((kind, payload))
-                if self.inbound.qsize() >= INBOUND_HIGH and not self.reading_paused:
+                self.inbound.append((kind, payload))
+                self.wake_reader()
+                if len(self.inbound) >= INBOUND_HIGH and not self.reading_paused:
                     self.reading_paused = True
                     self.transport.pause_reading()
                 continue
@@ -302,35 +308,47 @@ class Lane(asyncio.Protocol):
                 self.transport.abort()  # one call at a time: the exporter never does this
                 return
             if kind == OPEN:
-                self.inbound = asyncio.Queue()
+                self.inbound = collections.deque()
             self.task = asyncio.get_running_loop().create_task(self.run(kind, payload))
+
+    def wake_reader(self):
+        if self.inbound_waiter is not None and not self.inbound_waiter.done():
+            self.inbound_waiter.set_result(None)
 
     async def next_inbound(self):
         """The client's next stream frame (FRAME or END), or None once the exporter is gone."""
-        if self.closed and self.inbound.empty():
-            return None
-        getter = asyncio.ensure_future(self.inbound.get())
-        if self.closed_event is None:
-            self.closed_event = asyncio.Event()
-        closed = asyncio.ensure_future(self.closed_event.wait())
-        done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if getter not in done:
-            getter.cancel()
-            closed.cancel()
-            return None
-        closed.cancel()
-        if self.reading_paused and self.inbound.qsize() <= INBOUND_LOW:
+        while not self.inbound:
+            if self.closed:
+                return None
+            self.inbound_waiter = asyncio.get_running_loop().create_future()
+            await self.inbound_waiter
+        if self.reading_paused and len(self.inbound) <= INBOUND_LOW:
             self.reading_paused = False
             self.transport.resume_reading()
-        return getter.result()
+        return self.inbound.popleft()
+
+    def send_soon(self, data):
+        """A stream's frame, written with the others made in the same turn of the event loop
+        (one write for many small frames), or at once past PENDING_MAX bytes."""
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size >= PENDING_MAX:
+            self.flush()
+
+    def flush(self):
+        if self.pending and not self.closed:
+            self.transport.write(b"".join(self.pending))
+        self.pending.clear()
+        self.pending_size = 0
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc):
         self.closed = True
-        if self.closed_event is not None:
-            self.closed_event.set()
+        self.wake_reader()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.writable is not None:
@@ -379,6 +397,7 @@ class Lane(asyncio.Protocol):
             if context.code is None:
                 context.code, context.details = 2, f"Unexpected {type(e)}: {e}"
         if context.code is not None and not self.closed:
+            self.flush()  # a stream's last frames go before its status
             self.transport.write(error_frame(context.code, context.details))
 
     async def stream(self, payload, context):
@@ -416,7 +435,7 @@ class LaneRouterStream(ObjectStream):
         if self.lane.closed:
             raise BrokenResourceError
         message = self.router.StreamResponse(payload=item)
-        self.lane.transport.write(frame(RESULT, message.SerializeToString()))
+        self.lane.send_soon(frame(RESULT, message.SerializeToString()))
         await self.lane.drained()
 
     async def receive(self):
@@ -436,7 +455,7 @@ class LaneRouterStream(ObjectStream):
     async def send_eof(self):
         if not self.lane.closed:
             goaway = self.router.StreamResponse(frame_type=self.router.FRAME_TYPE_GOAWAY)
-            self.lane.transport.write(frame(RESULT, goaway.SerializeToString()))
+            self.lane.send_soon(frame(RESULT, goaway.SerializeToString()))
 
     async def aclose(self):
         from grpc import StatusCode

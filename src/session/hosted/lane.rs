@@ -36,6 +36,9 @@ const HEADER: usize = 5;
 /// The largest answer taken from a host: larger than any a client may send.
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// Bytes of a stream's frames gathered for one write.
+const BATCH: usize = 256 * 1024;
+
 /// Idle connections kept; a burst past this many callers opens and closes the rest.
 const MAX_IDLE: usize = 64;
 
@@ -62,13 +65,16 @@ impl Conn {
 }
 
 async fn send_frame<W: AsyncWrite + Unpin>(to: &mut W, kind: u8, payload: &[u8]) -> io::Result<()> {
-    let size = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "request too large"))?;
     let mut frame = Vec::with_capacity(HEADER + payload.len());
-    frame.extend_from_slice(&size.to_be_bytes());
-    frame.push(kind);
-    frame.extend_from_slice(payload);
+    put_frame(&mut frame, kind, payload);
     to.write_all(&frame).await
+}
+
+/// Appends a frame. A payload is at most what a client may send, far below 4 GiB.
+fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
 }
 
 async fn receive_frame<R: AsyncRead + Unpin>(
@@ -268,23 +274,32 @@ impl Lane {
         let Conn { stream, buf } = conn;
         let (read, mut write) = stream.into_split();
         let pump = tokio::spawn(async move {
-            loop {
-                match futures::StreamExt::next(&mut inbound).await {
-                    Some(Ok(frame)) => {
-                        if send_frame(&mut write, FRAME, &frame.encode_to_vec())
-                            .await
-                            .is_err()
-                        {
+            // The frames that have come are written at once, in one write.
+            let mut out = Vec::new();
+            let mut ended = false;
+            while !ended {
+                let mut next = Some(futures::StreamExt::next(&mut inbound).await);
+                while let Some(item) = next.take() {
+                    match item {
+                        Some(Ok(frame)) => put_frame(&mut out, FRAME, &frame.encode_to_vec()),
+                        // A frame that cannot be read ends the client's input, as its end
+                        // does; the client's own call already carries that error.
+                        _ => {
+                            put_frame(&mut out, END, &[]);
+                            ended = true;
                             break;
                         }
                     }
-                    // A frame that cannot be read ends the client's input, as its end does;
-                    // the client's own call already carries that error.
-                    _ => {
-                        let _ = send_frame(&mut write, END, &[]).await;
-                        break;
+                    if out.len() < BATCH {
+                        next = futures::FutureExt::now_or_never(futures::StreamExt::next(
+                            &mut inbound,
+                        ));
                     }
                 }
+                if write.write_all(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
             }
             // The write half stays open: closing it would end the stream in the host. This
             // task is aborted when the answer is dropped.
