@@ -648,14 +648,99 @@ async fn call_outcomes(channel: tonic::transport::Channel) -> Vec<String> {
             Value::from(results)
         ));
     }
+    seen.extend(stream_outcomes(&channel, &uuid).await);
+    seen
+}
+/// How byte and resource streams look to a client: the stream headers (a resource handle's
+/// random UUID left out), the frames that come back for a ping and a GOAWAY, and the status
+/// of a stream the driver refuses.
+async fn stream_outcomes(channel: &tonic::transport::Channel, uuid: &str) -> Vec<String> {
+    use jmp_exporter::frame::{data_request, goaway_request};
+    use jmp_exporter::proto::router_service_client::RouterServiceClient;
+
+    let targets = [
+        format!(r#"{{"kind":"driver","uuid":"{uuid}","method":"connect"}}"#),
+        format!(r#"{{"kind":"driver","uuid":"{uuid}","method":"add"}}"#),
+        format!(r#"{{"kind":"driver","uuid":"{uuid}","method":"nope"}}"#),
+        format!(r#"{{"kind":"resource","uuid":"{uuid}"}}"#),
+        format!(r#"{{"kind":"resource","uuid":"{uuid}","x_jmp_content_encoding":"gzip"}}"#),
+    ];
+    let mut seen = Vec::new();
+    for target in targets {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("request", target.parse().unwrap());
+        let outcome = match RouterServiceClient::new(channel.clone())
+            .stream(request)
+            .await
+        {
+            Err(s) => format!("{:?} {}", s.code(), s.message()),
+            Ok(answer) => {
+                let mut headers: Vec<String> = answer
+                    .metadata()
+                    .iter()
+                    .filter_map(|h| match h {
+                        tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                            let (k, v) = (k.as_str(), v.to_str().unwrap_or("?"));
+                            let driver_set =
+                                !k.starts_with("grpc-") && !matches!(k, "content-type" | "date");
+                            driver_set.then(|| match k {
+                                "resource" => {
+                                    let r: Value = serde_json::from_str(v).unwrap_or_default();
+                                    format!(
+                                        "resource kind={} encoding={}",
+                                        r["kind"], r["x_jmp_content_encoding"]
+                                    )
+                                }
+                                _ => format!("{k}={v:?}"),
+                            })
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                headers.sort();
+                let mut frames = Vec::new();
+                if target.contains("connect") {
+                    let mut inbound = answer.into_inner();
+                    tx.send(data_request(bytes::Bytes::from_static(b"ping")))
+                        .await
+                        .unwrap();
+                    tx.send(goaway_request()).await.unwrap();
+                    while frames.len() < 3 {
+                        let next =
+                            tokio::time::timeout(Duration::from_secs(1), inbound.message()).await;
+                        match next {
+                            Ok(Ok(Some(f))) => frames.push(format!(
+                                "{}:{}",
+                                f.frame_type,
+                                String::from_utf8_lossy(&f.payload)
+                            )),
+                            Ok(Ok(None)) => break,
+                            Ok(Err(s)) => {
+                                frames.push(format!("{:?} {}", s.code(), s.message()));
+                                break;
+                            }
+                            // The stream stays open until the client ends it.
+                            Err(_) => break,
+                        }
+                    }
+                }
+                format!("headers {headers:?} frames {frames:?}")
+            }
+        };
+        seen.push(format!("stream {target}: {outcome}").replace(uuid, "UUID"));
+    }
     seen
 }
 
 /// Every way a hosted driver's call can end (a result, each exception upstream's driver base
 /// maps to a status, one it does not, a method that is not exported or does not exist, a
-/// streaming call that fails before or after its first result), asked of upstream's own
-/// exporter and of ours with the same config: the same results, codes and messages. And a
-/// client that goes away cancels the call in the host.
+/// streaming call that fails before or after its first result) and every way a byte or
+/// resource stream opens (headers, frames back, half-close, a refused method), asked of
+/// upstream's own exporter and of ours with the same config: the same results, codes,
+/// messages, headers and frames. And a client that goes away cancels the call in the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_calls_end_as_they_do_under_upstreams_exporter() {
     let dir = tempfile::tempdir().unwrap();
@@ -743,6 +828,9 @@ async fn hosted_calls_end_as_they_do_under_upstreams_exporter() {
         "countdown (streaming): [3.0,2.0,1.0] then ok",
         "fails_after (streaming): [0.0,1.0] then Unknown jammed after 2.0",
         "refuses (streaming): [] then InvalidArgument no countdown from 4.0",
+        r#"stream {"kind":"driver","uuid":"UUID","method":"connect"}: headers [] frames ["0:ping", "7:"]"#,
+        r#"stream {"kind":"driver","uuid":"UUID","method":"nope"}: NotFound method nope not found on driver"#,
+        r#"stream {"kind":"resource","uuid":"UUID"}: headers ["resource kind=\"client_stream\" encoding=null", "x_jmp_accept_encoding=\"\""]"#,
     ];
     for want in expect {
         assert!(
