@@ -15,6 +15,7 @@ pub mod host;
 pub mod hosted;
 pub mod logs;
 pub mod panics;
+pub mod resources;
 pub mod rejection;
 pub mod server;
 pub mod service;

@@ -2,8 +2,9 @@
 //! native driver for (or that asks for the host) runs, with its subtree, in one driver host
 //! process: the lab's own interpreter with stock jumpstarter 0.9.0, our `host.py` on top, which
 //! builds the entries with upstream's code and serves them with upstream's session on a private
-//! Unix socket. The session tree routes their UUIDs here; [`proxy`] forwards calls and streams
-//! to the host as they came, and relays its answers as they are.
+//! Unix socket, through the [`lane`] (frames, not a gRPC server). The session tree routes their
+//! UUIDs here; [`proxy`] forwards calls and streams to the host as they came, and relays its
+//! answers as they are.
 //!
 //! Lifecycle, so that no lease waits for Python to start: [`Hosting`] lives as long as the
 //! exporter and keeps one host warm (interpreter started, classes imported); a lease takes it
