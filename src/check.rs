@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn check_output_lists_names_types_clients_and_where_each_runs() {
         let config = crate::config::parse(
-            "metadata: {}\nexport:\n  power: {type: jumpstarter_driver_power.driver.MockPower}\n  dut:\n    children:\n      s: {type: jumpstarter_driver_pyserial.driver.PySerial, config: {url: 'loop://'}}\n  c: {ref: dut.s}\n  storage: {type: jumpstarter_driver_opendal.driver.MockStorageMux}\n  flasher:\n    type: vendor.Flasher\n    children:\n      serial: {ref: dut.s}\n",
+            "metadata: {}\nexport:\n  power: {type: jumpstarter_driver_power.driver.MockPower}\n  dut:\n    children:\n      s: {type: jumpstarter_driver_pyserial.driver.PySerial, config: {url: 'loop://'}}\n  c: {ref: dut.s}\n  storage: {type: jumpstarter_driver_opendal.driver.Opendal}\n  flasher:\n    type: vendor.Flasher\n    children:\n      serial: {ref: dut.s}\n",
             &|_| None,
         )
         .unwrap()
@@ -165,14 +165,14 @@ mod tests {
         let text = describe_tree(&config, None);
         assert_eq!(
             text,
-            "(root) -> jumpstarter_driver_composite.client.CompositeClient\n  power: jumpstarter_driver_power.driver.MockPower -> jumpstarter_driver_power.client.PowerClient (native)\n  dut: jumpstarter_driver_composite.driver.Composite -> jumpstarter_driver_composite.client.CompositeClient (native)\n    s: jumpstarter_driver_pyserial.driver.PySerial -> ? (Python host, because the hosted `flasher.serial` refers to it)\n  c: ref dut.s -> ?\n  storage: jumpstarter_driver_opendal.driver.MockStorageMux -> ? (Python host)\n  flasher: vendor.Flasher -> ? (Python host)\n    serial: ref dut.s -> ?\n"
+            "(root) -> jumpstarter_driver_composite.client.CompositeClient\n  power: jumpstarter_driver_power.driver.MockPower -> jumpstarter_driver_power.client.PowerClient (native)\n  dut: jumpstarter_driver_composite.driver.Composite -> jumpstarter_driver_composite.client.CompositeClient (native)\n    s: jumpstarter_driver_pyserial.driver.PySerial -> ? (Python host, because the hosted `flasher.serial` refers to it)\n  c: ref dut.s -> ?\n  storage: jumpstarter_driver_opendal.driver.Opendal -> ? (Python host)\n  flasher: vendor.Flasher -> ? (Python host)\n    serial: ref dut.s -> ?\n"
         );
     }
 
     #[test]
     fn a_missing_upstream_driver_package_is_named_with_its_pip_line() {
         let config = crate::config::parse(
-            "metadata: {}\nexport:\n  storage:\n    type: jumpstarter_driver_opendal.driver.MockStorageMux\n  mine: {type: vendorpkg.sub.Thing}\n",
+            "metadata: {}\nexport:\n  storage:\n    type: jumpstarter_driver_opendal.driver.Opendal\n  mine: {type: vendorpkg.sub.Thing}\n",
             &|_| None,
         )
         .unwrap()

@@ -8,3 +8,6 @@ pub const NETWORK: &str = "jumpstarter_driver_network.client.NetworkClient";
 pub const PYSERIAL: &str = "jumpstarter_driver_pyserial.client.PySerialClient";
 pub const DIGITAL_OUTPUT: &str = "jumpstarter_driver_gpiod.client.DigitalOutputClient";
 pub const DIGITAL_INPUT: &str = "jumpstarter_driver_gpiod.client.DigitalInputClient";
+pub const STORAGE_MUX: &str = "jumpstarter_driver_opendal.client.StorageMuxClient";
+pub const STORAGE_MUX_FLASHER: &str = "jumpstarter_driver_opendal.client.StorageMuxFlasherClient";
+pub const FLASHER: &str = "jumpstarter_driver_opendal.client.FlasherClient";

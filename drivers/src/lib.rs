@@ -46,7 +46,9 @@ pub mod composite;
 pub mod gpio;
 pub mod mock;
 pub mod power;
+pub mod resource;
 pub mod serial;
+pub mod storage;
 pub mod usb;
 pub mod yaml;
 
@@ -117,6 +119,17 @@ pub trait Driver: Send + Sync + 'static {
     /// A plain call. Only called for methods whose kind is [`MethodKind::Call`].
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError>;
 
+    /// A plain call that may open resource handles among its arguments (flash, dump); the
+    /// session calls this, and drivers that take files override it.
+    async fn call_with(
+        &self,
+        method: &str,
+        args: Vec<Json>,
+        _resources: &dyn resource::Resources,
+    ) -> Result<Json, DriverError> {
+        self.call(method, args).await
+    }
+
     /// A streaming call. Only called for methods whose kind is [`MethodKind::Streaming`].
     async fn streaming_call(
         &self,
@@ -181,6 +194,9 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (gpio::DIGITAL_OUTPUT, gpio::output_spec),
     (gpio::DIGITAL_INPUT, gpio::input_spec),
     (gpio::POWER_SWITCH, gpio::power_switch_spec),
+    (storage::MOCK_STORAGE_MUX, storage::mock_mux_spec),
+    (storage::MOCK_STORAGE_MUX_FLASHER, storage::mock_mux_flasher_spec),
+    (storage::MOCK_FLASHER, storage::mock_flasher_spec),
 ];
 
 /// The factory for a `type:` string.

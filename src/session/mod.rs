@@ -46,6 +46,8 @@ pub struct Session {
     /// The exporter's per-process UUID, reported by `GetReport`.
     pub exporter_uuid: Uuid,
     pub tree: DriverTree,
+    /// The client's resource streams waiting for their drivers.
+    pub resources: Arc<resources::Registry>,
     pub logs: Arc<LogQueue>,
     /// The lease this session serves; `None` for a session without one.
     pub lease_name: Option<String>,
@@ -81,6 +83,7 @@ impl Session {
             on_end,
             exporter_uuid,
             tree,
+            resources: Arc::default(),
             logs: LogQueue::register(),
             lease_name,
             lease_gate: AtomicBool::new(false),

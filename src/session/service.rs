@@ -12,6 +12,7 @@ use jmp_drivers::{DriverError, MethodKind};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -20,6 +21,7 @@ use crate::frame::{self, FrameAction};
 use crate::proto::exporter_service_server::ExporterService;
 use crate::proto::router_service_server::RouterService;
 use crate::proto::*;
+use crate::session::resources::Scoped;
 use crate::session::tree::{CallError, DriverRef};
 use crate::session::value;
 use crate::session::{status_name, Session};
@@ -138,8 +140,12 @@ impl ExporterService for SessionService {
         }
         let args = req.args.into_iter().map(value::to_json).collect();
         let span = tracing::debug_span!("call", driver = %req.uuid, method = %req.method);
+        let resources = Scoped {
+            registry: self.session.resources.clone(),
+            driver: Uuid::parse_str(&req.uuid).unwrap_or_default(),
+        };
         let result = driver
-            .call(&req.method, args)
+            .call(&req.method, args, &resources)
             .instrument(span)
             .await
             .map_err(|e| {
@@ -224,7 +230,11 @@ impl ExporterService for SessionService {
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum StreamTarget {
     Driver { uuid: String, method: String },
-    Resource { uuid: String },
+    Resource {
+        uuid: String,
+        #[serde(default)]
+        x_jmp_content_encoding: Option<String>,
+    },
 }
 
 #[tonic::async_trait]
@@ -247,17 +257,34 @@ impl RouterService for SessionService {
             })?;
         let (uuid, method) = match target {
             StreamTarget::Driver { uuid, method } => (uuid, method),
-            StreamTarget::Resource { uuid } => {
+            StreamTarget::Resource {
+                uuid,
+                x_jmp_content_encoding,
+            } => {
                 let driver = self.find(&uuid, "a resource stream")?;
-                return match driver.hosted() {
-                    Some(hosted) => {
-                        let metadata = request.metadata().clone();
-                        hosted.stream(&metadata, request.into_inner()).await
-                    }
-                    None => Err(Status::unimplemented(
-                        "resource streams (used for flashing) to native drivers are not supported by this exporter yet",
-                    )),
-                };
+                if let Some(hosted) = driver.hosted() {
+                    let metadata = request.metadata().clone();
+                    return hosted.stream(&metadata, request.into_inner()).await;
+                }
+                let id = Uuid::parse_str(&uuid)
+                    .map_err(|_| Status::not_found(format!("no driver with uuid {uuid:?}")))?;
+                let opened = self.session.resources.open(
+                    id,
+                    x_jmp_content_encoding.as_deref(),
+                    request.into_inner(),
+                );
+                tracing::debug!(driver = %uuid, handle = %opened.handle, "resource stream opened");
+                let mut response = Response::new(opened.frames as BoxStream<StreamResponse>);
+                let handle = opened.handle.parse().map_err(|_| {
+                    Status::internal("a resource handle could not be sent as a header")
+                })?;
+                response.metadata_mut().insert("resource", handle);
+                if let Some(accept) = opened.accept {
+                    response
+                        .metadata_mut()
+                        .insert("x_jmp_accept_encoding", MetadataValue::from_static(accept));
+                }
+                return Ok(response);
             }
         };
         let driver = self.lookup(&uuid, &method, MethodKind::ByteStream)?;

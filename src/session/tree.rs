@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use jmp_drivers::resource::Resources;
 use jmp_drivers::{composite, BoxedIo, Driver, DriverError, DriverSpec, Json, MethodKind};
 use uuid::Uuid;
 
@@ -235,9 +236,15 @@ impl DriverRef {
         }
     }
 
-    pub async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, CallError> {
+    /// A plain call; `resources` opens the resource handles among its arguments.
+    pub async fn call(
+        &self,
+        method: &str,
+        args: Vec<Json>,
+        resources: &dyn Resources,
+    ) -> Result<Json, CallError> {
         let driver = self.ready()?;
-        Ok(Guarded::new(&self.name, method, driver.call(method, args)).await??)
+        Ok(Guarded::new(&self.name, method, driver.call_with(method, args, resources)).await??)
     }
 
     /// A streaming call; a panic while producing results ends the stream with that error.
@@ -433,6 +440,7 @@ impl DriverTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jmp_drivers::resource::NoResources;
 
     fn tree(src: &str) -> DriverTree {
         let loaded = crate::config::parse(src, &|_| None).expect("valid config");
@@ -716,7 +724,7 @@ mod tests {
         let buggy = by_name(&t, "dut.buggy");
         let power = by_name(&t, "power");
 
-        let e = buggy.call("boom", vec![]).await.unwrap_err();
+        let e = buggy.call("boom", vec![], &NoResources).await.unwrap_err();
         let CallError::Panic(p) = &e else {
             panic!("{e}")
         };
@@ -727,8 +735,8 @@ mod tests {
             tonic::Code::Internal
         );
         // The same driver's other method, and other drivers, go on.
-        assert_eq!(buggy.call("on", vec![]).await.unwrap(), Json::Null);
-        assert_eq!(power.call("on", vec![]).await.unwrap(), Json::Null);
+        assert_eq!(buggy.call("on", vec![], &NoResources).await.unwrap(), Json::Null);
+        assert_eq!(power.call("on", vec![], &NoResources).await.unwrap(), Json::Null);
 
         let results: Vec<_> = buggy
             .streaming_call("read", vec![])
