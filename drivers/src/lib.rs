@@ -195,7 +195,10 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (gpio::DIGITAL_INPUT, gpio::input_spec),
     (gpio::POWER_SWITCH, gpio::power_switch_spec),
     (storage::MOCK_STORAGE_MUX, storage::mock_mux_spec),
-    (storage::MOCK_STORAGE_MUX_FLASHER, storage::mock_mux_flasher_spec),
+    (
+        storage::MOCK_STORAGE_MUX_FLASHER,
+        storage::mock_mux_flasher_spec,
+    ),
     (storage::MOCK_FLASHER, storage::mock_flasher_spec),
 ];
 

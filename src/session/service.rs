@@ -229,7 +229,10 @@ impl ExporterService for SessionService {
 #[derive(serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum StreamTarget {
-    Driver { uuid: String, method: String },
+    Driver {
+        uuid: String,
+        method: String,
+    },
     Resource {
         uuid: String,
         #[serde(default)]

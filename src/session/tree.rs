@@ -244,7 +244,12 @@ impl DriverRef {
         resources: &dyn Resources,
     ) -> Result<Json, CallError> {
         let driver = self.ready()?;
-        Ok(Guarded::new(&self.name, method, driver.call_with(method, args, resources)).await??)
+        Ok(Guarded::new(
+            &self.name,
+            method,
+            driver.call_with(method, args, resources),
+        )
+        .await??)
     }
 
     /// A streaming call; a panic while producing results ends the stream with that error.
@@ -735,8 +740,14 @@ mod tests {
             tonic::Code::Internal
         );
         // The same driver's other method, and other drivers, go on.
-        assert_eq!(buggy.call("on", vec![], &NoResources).await.unwrap(), Json::Null);
-        assert_eq!(power.call("on", vec![], &NoResources).await.unwrap(), Json::Null);
+        assert_eq!(
+            buggy.call("on", vec![], &NoResources).await.unwrap(),
+            Json::Null
+        );
+        assert_eq!(
+            power.call("on", vec![], &NoResources).await.unwrap(),
+            Json::Null
+        );
 
         let results: Vec<_> = buggy
             .streaming_call("read", vec![])

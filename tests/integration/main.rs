@@ -17,6 +17,7 @@ mod load;
 mod python_client;
 mod secrets;
 mod serial;
+mod storage;
 mod systemd;
 mod tunnel;
 mod usb;

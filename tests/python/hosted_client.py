@@ -153,18 +153,25 @@ def reports(host, config_file):
 SCENARIOS = {"storage": storage, "lab": lab, "after_host_death": after_host_death, "counter": counter}
 
 
-if __name__ == "__main__":
-    name, args = sys.argv[1], sys.argv[2:]
-    if name == "reports":
-        result = reports(os.environ["JUMPSTARTER_HOST"], *args)
-    elif name.startswith("lease:"):
+def run(scenarios, name, args):
+    """Runs one scenario against JUMPSTARTER_HOST, or through a lease (`lease:NAME`), and
+    prints its result as one JSON line."""
+    if name.startswith("lease:"):
         from jumpstarter.config.client import ClientConfigV1Alpha1
 
         config = ClientConfigV1Alpha1.from_file(os.environ["CLIENT_CONFIG"])
         with config.lease(exporter_name=os.environ["EXPORTER_NAME"]) as held:
             with held.connect() as client:
-                result = SCENARIOS[name.split(":", 1)[1]](client, *args)
+                result = scenarios[name.split(":", 1)[1]](client, *args)
     else:
         with env() as client:
-            result = SCENARIOS[name](client, *args)
+            result = scenarios[name](client, *args)
     print(json.dumps({"scenario": name, "result": result}))
+
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], sys.argv[2:]
+    if name == "reports":
+        print(json.dumps({"scenario": name, "result": reports(os.environ["JUMPSTARTER_HOST"], *args)}))
+    else:
+        run(SCENARIOS, name, args)

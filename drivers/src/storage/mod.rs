@@ -65,8 +65,7 @@ pub fn cut_short(what: &str, source: &str, sink: &str, moved: u64, cut: Cut) -> 
         Cut::Sink(e) => (sink, e),
     };
     let message = format!("{what} stopped after {moved} bytes: {end}: {e}");
-    if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData
-    {
+    if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData {
         DriverError::InvalidArgument(message)
     } else {
         DriverError::Failed(message)

@@ -90,8 +90,8 @@ impl Registry {
         .to_string();
         // The stream stays open after the driver is done, until the client ends it, as
         // upstream's; a stream whose handle was never used is forgotten then.
-        let frames = tokio_stream::wrappers::ReceiverStream::new(frames)
-            .chain(futures::stream::pending());
+        let frames =
+            tokio_stream::wrappers::ReceiverStream::new(frames).chain(futures::stream::pending());
         OpenedStream {
             handle,
             accept: encoding.map(Encoding::name),
@@ -160,9 +160,7 @@ fn client_stream_id(handle: &Json) -> Result<Uuid, DriverError> {
         DriverError::InvalidArgument("a client_stream resource handle needs its \"uuid\"".into())
     })?;
     Uuid::parse_str(text).map_err(|e| {
-        DriverError::InvalidArgument(format!(
-            "resource handle uuid {text:?} is not a UUID: {e}"
-        ))
+        DriverError::InvalidArgument(format!("resource handle uuid {text:?} is not a UUID: {e}"))
     })
 }
 
@@ -232,15 +230,18 @@ pub struct Scoped {
 impl Resources for Scoped {
     async fn open_read(&self, handle: &Json) -> Result<ByteSource, DriverError> {
         match kind_of(handle)? {
-            Handle::Presigned(p) if p.method == presigned::Method::Get => {
-                presigned::download(&p).await.map_err(|e| DriverError::Failed(e.to_string()))
-            }
+            Handle::Presigned(p) if p.method == presigned::Method::Get => presigned::download(&p)
+                .await
+                .map_err(|e| DriverError::Failed(e.to_string())),
             Handle::Presigned(_) => Err(DriverError::InvalidArgument(
                 "this presigned_request handle is a PUT: it takes a dump, not an upload".into(),
             )),
             Handle::ClientStream => {
                 let opened = self.registry.take(handle, self.driver)?;
-                let source = tokio_util::io::StreamReader::new(upload_chunks(opened.inbound));
+                let source = Upload {
+                    chunks: tokio_util::io::StreamReader::new(upload_chunks(opened.inbound)),
+                    outbound: opened.outbound,
+                };
                 match opened.encoding {
                     None => Ok(Box::new(source)),
                     Some(encoding) => codec::decoder(encoding, source).await.map_err(|e| {
@@ -303,6 +304,47 @@ fn upload_chunks(
     }))
 }
 
+/// An upload as the driver reads it. When the driver is done with it (read to the end, or
+/// given up), the client is told with GOAWAY, as upstream's session does: the client waits
+/// for its stream's other direction to end too before it lets the call go.
+struct Upload<S> {
+    chunks: tokio_util::io::StreamReader<S, Bytes>,
+    outbound: mpsc::Sender<Result<StreamResponse, Status>>,
+}
+
+impl<S> tokio::io::AsyncRead for Upload<S>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.chunks).poll_read(cx, buf)
+    }
+}
+
+impl<S> tokio::io::AsyncBufRead for Upload<S>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().chunks).poll_fill_buf(cx)
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.chunks).consume(amt)
+    }
+}
+
+impl<S> Drop for Upload<S> {
+    fn drop(&mut self) {
+        // Nothing else goes out on an upload's stream, so there is room.
+        let _ = self.outbound.try_send(Ok(frame::goaway_response()));
+    }
+}
+
 /// A dump's bytes as DATA frames to the client, then GOAWAY at shutdown.
 struct DumpSink {
     to: PollSender<Result<StreamResponse, Status>>,
@@ -314,6 +356,17 @@ fn gone() -> std::io::Error {
         std::io::ErrorKind::BrokenPipe,
         "the client closed the resource stream",
     )
+}
+
+impl Drop for DumpSink {
+    fn drop(&mut self) {
+        // A dump the driver gave up on ends too; its call's error says why.
+        if !self.ended {
+            if let Some(to) = self.to.get_ref() {
+                let _ = to.try_send(Ok(frame::goaway_response()));
+            }
+        }
+    }
 }
 
 impl AsyncWrite for DumpSink {
@@ -394,7 +447,9 @@ impl AsyncWrite for PutSink {
         Poll::Ready(match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-            Err(e) => Err(std::io::Error::other(format!("the presigned PUT stopped: {e}"))),
+            Err(e) => Err(std::io::Error::other(format!(
+                "the presigned PUT stopped: {e}"
+            ))),
         })
     }
 }

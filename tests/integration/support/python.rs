@@ -49,7 +49,13 @@ pub fn scenario_result(script: &str, scenario: &str, out: Output) -> serde_json:
         "{script} {scenario} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout.lines().last().unwrap_or_default();
+    // The result's line: the last one that is a scenario's JSON (a client's progress bar may
+    // redraw after it).
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"scenario\""))
+        .unwrap_or_else(|| stdout.lines().last().unwrap_or_default());
     let value: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("bad output {line:?}: {e}"));
     assert_eq!(value["scenario"], scenario);

@@ -1,0 +1,110 @@
+"""Drives jmp-exporter's native storage drivers (MockStorageMux, MockStorageMuxFlasher,
+MockFlasher) with the unchanged upstream Python client (0.9.0): uploads and dumps through
+resource streams, compressed and not.
+
+`python storage_client.py SCENARIO [ARGS]` against JUMPSTARTER_HOST, or `lease:SCENARIO` with
+CLIENT_CONFIG and EXPORTER_NAME set. Prints one JSON line `{"scenario": ..., "result": ...}`;
+any failure exits non-zero with the traceback.
+"""
+
+import bz2
+import gzip
+import lzma
+import os
+import sys
+import tempfile
+
+from backports import zstd
+from jumpstarter.client.core import DriverError
+from jumpstarter.streams.encoding import Compression
+
+from hosted_client import run, storage
+
+COMPRESSORS = {"gzip": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress, "zstd": zstd.compress}
+DECOMPRESSORS = {"gzip": gzip.decompress, "xz": lzma.decompress, "bz2": bz2.decompress, "zstd": zstd.decompress}
+
+
+def image(mib):
+    """An image that compresses as a real one does: runs of zeros between random blocks."""
+    block = os.urandom(64 << 10)
+    return b"".join(block if i % 3 == 0 else bytes(64 << 10) for i in range(int(mib) * 16))
+
+
+def target_of(client, path):
+    for name in path.split("."):
+        client = getattr(client, name)
+    return client
+
+
+def compressed(client, path="mux", mib="4"):
+    """flash of a compressed file with --compression, read back raw; dump with compression,
+    decompressed here: the same image every time, for every encoding."""
+    target = target_of(client, path)
+    raw = image(mib)
+    done = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, compress in COMPRESSORS.items():
+            src, back, dumped = (os.path.join(d, f"{name}.{x}") for x in ("img", "back", "dump"))
+            with open(src, "wb") as f:
+                f.write(compress(raw))
+            target.flash(src, compression=Compression(name))
+            target.read_local_file(back)
+            with open(back, "rb") as f:
+                assert f.read() == raw, f"{name}: the flashed image differs"
+            target.dump(dumped, compression=Compression(name))
+            with open(dumped, "rb") as f:
+                assert DECOMPRESSORS[name](f.read()) == raw, f"{name}: the dump differs"
+            done.append(name)
+    return {"encodings": done}
+
+
+def dumps(client, path="mux", mib="4"):
+    """write_local_file of an image, then a compressed dump of it in every encoding,
+    decompressed here."""
+    target = target_of(client, path)
+    raw = image(mib)
+    done = []
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "raw.img")
+        with open(src, "wb") as f:
+            f.write(raw)
+        target.write_local_file(src)
+        for name in COMPRESSORS:
+            dumped = os.path.join(d, f"{name}.dump")
+            target.dump(dumped, compression=Compression(name))
+            with open(dumped, "rb") as f:
+                assert DECOMPRESSORS[name](f.read()) == raw, f"{name}: the dump differs"
+            done.append(name)
+    return {"encodings": done}
+
+
+def flasher(client, path="flasher"):
+    """MockFlasher: one file per partition, `default` when none is named; a partition never
+    flashed is an error."""
+    target = target_of(client, path)
+    a, b = os.urandom(3 << 20), os.urandom(1 << 20)
+    seen = {}
+    with tempfile.TemporaryDirectory() as d:
+        pa, pb, out = (os.path.join(d, n) for n in ("a", "b", "out"))
+        for p, data in ((pa, a), (pb, b)):
+            with open(p, "wb") as f:
+                f.write(data)
+        target.flash(pa, target="boot")
+        target.flash(pb)
+        target.dump(out, target="boot")
+        with open(out, "rb") as f:
+            seen["boot"] = f.read() == a
+        target.dump(out)
+        with open(out, "rb") as f:
+            seen["default"] = f.read() == b
+        try:
+            target.dump(out, target="never")
+        except* DriverError as group:  # the client raises it from a task group
+            seen["never"] = str(group.exceptions[0])
+    return seen
+
+
+SCENARIOS = {"storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher}
+
+if __name__ == "__main__":
+    run(SCENARIOS, sys.argv[1], sys.argv[2:])
