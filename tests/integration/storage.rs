@@ -325,3 +325,54 @@ async fn headers_say_what_is_accepted_and_every_misuse_of_a_handle_is_named() {
         assert!(e.message().contains(says), "{bad}: {e:?}");
     }
 }
+
+/// `flash` of an `http://` URL: the client sends a presigned GET handle and the exporter
+/// fetches the image from the server (Python's own HTTP server, on loopback) into the driver.
+#[test]
+fn a_url_is_fetched_by_the_exporter_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let image = site.path().join("disk image.img");
+    std::fs::write(&image, crate::support::process::noise(3 << 20, 7)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(site.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTP server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exporter = Exporter::tcp_with_env(
+        &standalone_config(dir.path()),
+        &["--tls-grpc-insecure"],
+        &[],
+    );
+    // A space in the name: the URL's percent-encoding must reach the server as written.
+    let url = format!("http://127.0.0.1:{port}/disk%20image.img");
+    let expected = image.display().to_string();
+    for path in ["flasher", "mux"] {
+        let seen = client(&exporter.host(), "from_url", &[path, &url, &expected], &[]);
+        assert_eq!(seen["same"], true, "{path}: {seen}\n{}", exporter.log());
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}

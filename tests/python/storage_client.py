@@ -104,7 +104,22 @@ def flasher(client, path="flasher"):
     return seen
 
 
-SCENARIOS = {"storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher}
+def from_url(client, path, url, expected):
+    """flash of an http:// URL: the client hands over a presigned GET and the exporter fetches
+    the image itself; what is read back is the file the server has."""
+    target = target_of(client, path)
+    target.flash(url)
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "back")
+        if hasattr(target, "read_local_file"):
+            target.read_local_file(out)
+        else:
+            target.dump(out)
+        with open(out, "rb") as f, open(expected, "rb") as g:
+            return {"same": f.read() == g.read()}
+
+
+SCENARIOS = {"storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url}
 
 if __name__ == "__main__":
     run(SCENARIOS, sys.argv[1], sys.argv[2:])
