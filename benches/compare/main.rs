@@ -23,10 +23,11 @@
 //!
 //! Layout: `targets` starts the servers measured (ours, Python, the minimal one in `minimal`),
 //! `router` the leased setup behind the fake controller, `lease` the time a lease takes to
-//! start there (hosted against Python), `pty` the serial echo peer; `load`
+//! start there (hosted against Python), `flash` the resource-stream flashing case, `pty` the serial echo peer; `load`
 //! drives and measures them, with `usage` reading what their processes spent; `report` prints
 //! the tables and `profile` is the fixed-load mode.
 
+mod flash;
 mod lease;
 mod load;
 mod minimal;
@@ -62,7 +63,7 @@ fn workspace() -> PathBuf {
 }
 
 /// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, hosted,
-/// minimal, duel, router; unset means all) asks for this part, to rerun a piece after a change.
+/// flash, minimal, duel, router; unset means all) asks for this part, to rerun a piece after a change.
 fn wanted(part: &str) -> bool {
     match std::env::var("JMP_BENCH_ONLY") {
         Ok(only) => only.split(',').any(|p| p.trim() == part),
@@ -153,6 +154,10 @@ fn main() {
             }
             results.insert("hosted".into(), r);
         }
+        if wanted("flash") {
+            eprintln!("flashing through resource streams, Python client ...");
+            results.insert("flash".into(), flash::flash().await);
+        }
         if wanted("minimal") {
             let target = minimal().await;
             eprintln!("measuring {} ...", target.name);
@@ -193,6 +198,9 @@ fn main() {
     }
     if results.get("hosted").is_some() && measured("python 0.9.0") {
         report::print_hosted(&results);
+    }
+    if results.get("flash").is_some() {
+        report::print_flash(&results["flash"]);
     }
     if results["jmp-exporter"].get("sustained").is_some() {
         print_sustained(&results);

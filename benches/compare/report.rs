@@ -369,3 +369,78 @@ pub(crate) fn print_hosted(results: &Value) {
         println!("PSS by process (hosted): {}.", parts.join(", "));
     }
 }
+
+/// Flashing through resource streams, with the Python client.
+pub(crate) fn print_flash(flash: &Value) {
+    let (py, ours, routed) = (
+        &flash["python 0.9.0"],
+        &flash["jmp-exporter"],
+        &flash["jmp-exporter, router"],
+    );
+    println!(
+        "\n| flash {} MiB to MockStorageMuxFlasher, 0.9.0 client | Python 0.9.0 | jmp-exporter | ours/Python | through the router | target |",
+        flash["image_mib"]
+    );
+    println!("|---|---:|---:|---:|---:|---|");
+    for (label, key, target) in [
+        ("raw image (MB/s)", "raw.mb_per_s", "≥ 2×"),
+        (
+            "`--compression zstd` (MB/s of image)",
+            "zstd.mb_per_s",
+            "≥ 2×",
+        ),
+        (
+            "`--compression gzip` (MB/s of image)",
+            "gzip.mb_per_s",
+            "≥ 2×",
+        ),
+        (
+            "exporter CPU, raw (s/GB)",
+            "raw.exporter_cpu_s_per_gb",
+            "≤ 0.1×",
+        ),
+        (
+            "exporter CPU, zstd (s/GB of image)",
+            "zstd.exporter_cpu_s_per_gb",
+            "≤ 0.1×",
+        ),
+        (
+            "exporter CPU, gzip (s/GB of image)",
+            "gzip.exporter_cpu_s_per_gb",
+            "≤ 0.1×",
+        ),
+        ("client CPU, raw (s/GB)", "raw.client_cpu_s_per_gb", ""),
+        (
+            "client CPU, zstd (s/GB of image)",
+            "zstd.client_cpu_s_per_gb",
+            "",
+        ),
+        (
+            "client CPU, gzip (s/GB of image)",
+            "gzip.client_cpu_s_per_gb",
+            "",
+        ),
+    ] {
+        let (a, b, c) = (get(py, key), get(ours, key), get(routed, key));
+        println!(
+            "| {label} | {} | {} | {} | {} | {target} |",
+            show(a),
+            show(b),
+            ratio(b, a),
+            show(c)
+        );
+    }
+    let d = &flash["decompression"];
+    for (name, tool) in [("zstd", "zstd -d"), ("gzip", "gzip -d")] {
+        let (ours, theirs) = (
+            get(d, &format!("{name}.ours_mb_per_s")),
+            get(d, &format!("{name}.tool_mb_per_s")),
+        );
+        println!(
+            "\nDecompression, {name}: ours {} MB/s, `{tool}` {} MB/s ({} of the tool; target ≥ 0.8).",
+            show(ours),
+            show(theirs),
+            ratio(ours, theirs)
+        );
+    }
+}

@@ -121,11 +121,6 @@ impl Registry {
             None => Err(unknown(id)),
         }
     }
-
-    /// Forgets every stream (session end).
-    pub fn clear(&self) {
-        lock(&self.open).clear();
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

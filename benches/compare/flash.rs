@@ -1,0 +1,205 @@
+//! Flashing: the unchanged 0.9.0 client's `flash` of a 256 MiB image to MockStorageMuxFlasher,
+//! raw and compressed (zstd, gzip, with `--compression`), under the Python exporter and
+//! jmp-exporter (directly over TCP, and leased through the fake controller's router); the
+//! exporter's CPU per GB of image and the client's own CPU, to say where the limit is; and
+//! our decompression against the `zstd -d` / `gzip -d` tools on the same files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jmp_testkit::{FakeController, Options};
+use serde_json::{json, Value};
+
+use crate::targets::{ours, python, Access, Target};
+use crate::usage::tree_cpu;
+
+const IMAGE_MIB: usize = 256;
+
+const EXPORT: &str =
+    "export:\n  mux:\n    type: jumpstarter_driver_opendal.driver.MockStorageMuxFlasher\n";
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/storage_client.py")
+}
+
+/// An image that compresses as a disk image does: random blocks between runs of zeros.
+fn make_image(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let raw = dir.join("image.img");
+    let mut data = Vec::with_capacity(IMAGE_MIB << 20);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for block in 0..(IMAGE_MIB * 16) {
+        if block % 3 == 0 {
+            for _ in 0..(64 << 10) / 8 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                data.extend_from_slice(&seed.to_le_bytes());
+            }
+        } else {
+            data.resize(data.len() + (64 << 10), 0);
+        }
+    }
+    std::fs::write(&raw, &data).unwrap();
+    let zst = dir.join("image.img.zst");
+    let gz = dir.join("image.img.gz");
+    let ok = Command::new("zstd")
+        .args(["-q", "-3", "-f", "-o"])
+        .arg(&zst)
+        .arg(&raw)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "zstd is needed to make the benchmark's image");
+    let gz_file = std::fs::File::create(&gz).unwrap();
+    let ok = Command::new("gzip")
+        .args(["-c", "-6"])
+        .arg(&raw)
+        .stdout(gz_file)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "gzip is needed to make the benchmark's image");
+    (raw, zst, gz)
+}
+
+/// One flash by the Python client, with its result (seconds, client CPU).
+fn client_flash(envs: &[(&str, String)], scenario: &str, file: &Path, compression: &str) -> Value {
+    let bin = jmp_testkit::python::venv_bin();
+    let out = Command::new(bin.join("python"))
+        .arg(script())
+        .arg(scenario)
+        .arg("mux")
+        .arg(file)
+        .arg(compression)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("JMP_DRIVERS_ALLOW", "jumpstarter_driver_*")
+        .output()
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"scenario\""))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["result"].clone())
+        .unwrap_or_else(
+            || json!({"error": format!("{}{}", stdout, String::from_utf8_lossy(&out.stderr))}),
+        )
+}
+
+fn case(target_pid: u32, image_bytes: u64, run: impl FnOnce() -> Value) -> Value {
+    let cpu0 = tree_cpu(target_pid);
+    let mut r = run();
+    let cpu = tree_cpu(target_pid).saturating_sub(cpu0).as_secs_f64();
+    if let Some(seconds) = r["seconds"].as_f64() {
+        let gb = image_bytes as f64 / 1e9;
+        r["mb_per_s"] = json!(image_bytes as f64 / seconds / 1e6);
+        r["exporter_cpu_s_per_gb"] = json!(cpu / gb);
+        r["client_cpu_s_per_gb"] = json!(r["client_cpu_s"].as_f64().unwrap_or(0.0) / gb);
+    }
+    r
+}
+
+fn direct_cases(target: &Target, files: &[(&str, &PathBuf, &str)], image_bytes: u64) -> Value {
+    let Access::Tcp(addr) = &target.access else {
+        return json!({});
+    };
+    let envs = [
+        ("JUMPSTARTER_HOST", addr.clone()),
+        ("JMP_GRPC_INSECURE", "1".to_string()),
+    ];
+    let mut r = json!({});
+    for (name, file, compression) in files {
+        eprintln!("  {} {name} ...", target.name);
+        r[*name] = case(target.child.id(), image_bytes, || {
+            client_flash(&envs, "bench_flash", file, compression)
+        });
+    }
+    r
+}
+
+async fn routed_cases(files: &[(&str, &PathBuf, &str)], image_bytes: u64) -> Value {
+    let controller = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = EXPORT.strip_prefix("export:\n").unwrap_or(EXPORT);
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(&config, controller.exporter_config_yaml(body)).unwrap();
+    let client_config = dir.path().join("client.yaml");
+    std::fs::write(&client_config, controller.client_config_yaml()).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jmp-exporter"))
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start jmp-exporter");
+    let pid = child.id().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let envs = [
+        ("CLIENT_CONFIG", client_config.display().to_string()),
+        ("EXPORTER_NAME", "exporter1".to_string()),
+    ];
+    let mut r = json!({});
+    for (name, file, compression) in files {
+        eprintln!("  jmp-exporter through the router {name} ...");
+        r[*name] = tokio::task::block_in_place(|| {
+            case(pid, image_bytes, || {
+                client_flash(&envs, "lease:bench_flash", file, compression)
+            })
+        });
+    }
+    let _ = child.kill().await;
+    r
+}
+
+/// Decompression speed, MB/s of output: the command-line tool, then ours in-process.
+async fn decompression(file: &Path, tool: &str, encoding: &str, image_bytes: u64) -> Value {
+    let started = Instant::now();
+    let ok = Command::new(tool)
+        .args(["-d", "-c"])
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let tool_s = started.elapsed().as_secs_f64();
+    let encoding = jmp_exporter::session::resources::codec::Encoding::parse(encoding).unwrap();
+    let started = Instant::now();
+    let f = tokio::fs::File::open(file).await.unwrap();
+    let reader = tokio::io::BufReader::with_capacity(256 << 10, f);
+    let mut decoded = jmp_exporter::session::resources::codec::decoder(encoding, reader)
+        .await
+        .unwrap();
+    let n = tokio::io::copy(&mut decoded, &mut tokio::io::sink())
+        .await
+        .unwrap();
+    let ours_s = started.elapsed().as_secs_f64();
+    json!({
+        "tool_ok": ok && n == image_bytes,
+        "tool_mb_per_s": image_bytes as f64 / tool_s / 1e6,
+        "ours_mb_per_s": image_bytes as f64 / ours_s / 1e6,
+    })
+}
+
+pub(crate) async fn flash() -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, zst, gz) = make_image(dir.path());
+    let image_bytes = std::fs::metadata(&raw).unwrap().len();
+    let files: [(&str, &PathBuf, &str); 3] = [
+        ("raw", &raw, ""),
+        ("zstd", &zst, "zstd"),
+        ("gzip", &gz, "gzip"),
+    ];
+    let mut r = json!({"image_mib": IMAGE_MIB});
+    let target = python("python 0.9.0", EXPORT).await;
+    r["python 0.9.0"] = tokio::task::block_in_place(|| direct_cases(&target, &files, image_bytes));
+    drop(target);
+    let target = ours("jmp-exporter", EXPORT).await;
+    r["jmp-exporter"] = tokio::task::block_in_place(|| direct_cases(&target, &files, image_bytes));
+    drop(target);
+    r["jmp-exporter, router"] = routed_cases(&files[..2], image_bytes).await;
+    r["decompression"] = json!({
+        "zstd": decompression(&zst, "zstd", "zstd", image_bytes).await,
+        "gzip": decompression(&gz, "gzip", "gzip", image_bytes).await,
+    });
+    r
+}
