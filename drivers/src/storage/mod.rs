@@ -3,6 +3,7 @@
 //! moving bytes from a handle to a file and back, in large chunks, with errors that say how
 //! far a transfer got.
 
+pub mod block;
 pub mod mock;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
