@@ -200,6 +200,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
         storage::mock_mux_flasher_spec,
     ),
     (storage::MOCK_FLASHER, storage::mock_flasher_spec),
+    (storage::sdwire::TYPE, storage::sdwire::spec),
 ];
 
 /// The factory for a `type:` string.

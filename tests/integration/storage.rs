@@ -376,3 +376,35 @@ fn a_url_is_fetched_by_the_exporter_itself() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// SD-Wire on a simulated mux (`fake:`), its card a file: the real client writes, flashes in
+/// every encoding (host, write, board, as its `flash` does) and reads back; the mux's
+/// requests are upstream's.
+#[test]
+fn sd_wire_flashes_through_its_mux_onto_the_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.img");
+    std::fs::write(&card, b"").unwrap();
+    let log = dir.path().join("usb.log");
+    let export = format!(
+        "export:\n  sdwire:\n    type: jumpstarter_driver_sdwire.driver.SDWire\n    config:\n      storage_device: {}\n      storage_leeway: 0\n      fake: {{log: {}}}\n",
+        card.display(),
+        log.display()
+    );
+    let config = write(dir.path(), "exporter.yaml", &format!("{HEADER}{export}"));
+    let exporter = Exporter::tcp_with_env(&config, &["--tls-grpc-insecure"], &[]);
+    let host = exporter.host();
+    let seen = client(&host, "storage", &["4", "sdwire"], &[]);
+    assert_eq!(seen["bytes"], 4 << 20, "{seen}");
+    assert_eq!(seen["class"], "StorageMuxFlasherClient");
+    assert_eq!(std::fs::metadata(&card).unwrap().len(), 4 << 20, "the card holds the image");
+    assert_all_encodings(&client(&host, "compressed", &["sdwire", "2"], &[]));
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        requests.contains("40 0b 20f1 0000") && requests.contains("40 0b 20f0 0000"),
+        "host and board switches, as upstream's requests:\n{requests}"
+    );
+    let last = requests.lines().last().unwrap_or_default();
+    assert!(last.contains("40 0b 20f0"), "flash ends on the board side: {last}");
+    assert!(exporter.wait_for_log("wrote the SD card"), "{}", exporter.log());
+}

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mock;
+pub mod sdwire;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

@@ -216,6 +216,11 @@ impl FakeYkush {
 pub enum FakeKind {
     Hub(FakeHub),
     Ykush(FakeYkush),
+    /// An SD-Wire's FT200X: its product string, and whether the card is on the host side.
+    SdWire {
+        product: String,
+        host: bool,
+    },
 }
 
 /// One simulated device.
@@ -254,6 +259,24 @@ impl FakeDevice {
                 Some(serial),
             ),
             kind: FakeKind::Ykush(FakeYkush::default()),
+            fault: None,
+        }
+    }
+
+    /// An SD-Wire at `location`, programmed (`04e8:6001`, product `sd-wire`) or, with
+    /// `programmed` false, a factory FT200X (`0403:6015`).
+    pub fn sdwire(location: &str, serial: &str, programmed: bool) -> Self {
+        let (id, product) = if programmed {
+            ((0x04e8, 0x6001), "sd-wire")
+        } else {
+            ((0x0403, 0x6015), "FT200X USB I2C")
+        };
+        Self {
+            info: info_at(location, id, 0, 0x0200, Some(serial)),
+            kind: FakeKind::SdWire {
+                product: product.into(),
+                host: false,
+            },
             fault: None,
         }
     }
@@ -388,7 +411,16 @@ impl FakeBus {
         let mut state = self.state();
         match &state.device(location).ok()?.kind {
             FakeKind::Hub(h) => Some(h.powered(port)),
-            FakeKind::Ykush(_) => None,
+            _ => None,
+        }
+    }
+
+    /// Whether the fake SD-Wire at `location` has its card on the host side.
+    pub fn sdwire_on_host(&self, location: &str) -> Option<bool> {
+        let mut state = self.state();
+        match &state.device(location).ok()?.kind {
+            FakeKind::SdWire { host, .. } => Some(*host),
+            _ => None,
         }
     }
 
@@ -397,7 +429,7 @@ impl FakeBus {
         let mut state = self.state();
         match &state.device(location).ok()?.kind {
             FakeKind::Ykush(y) => Some(y.ports),
-            FakeKind::Hub(_) => None,
+            _ => None,
         }
     }
 }
@@ -414,6 +446,14 @@ impl UsbBus for FakeBus {
         drop(state);
         devices.sort_by(|a, b| (a.bus, &a.ports).cmp(&(b.bus, &b.ports)));
         Ok(devices)
+    }
+
+    fn product(&self, device: &DeviceInfo) -> Option<String> {
+        let mut state = self.state();
+        match &state.device(&device.location()).ok()?.kind {
+            FakeKind::SdWire { product, .. } => Some(product.clone()),
+            _ => None,
+        }
     }
 
     fn open(&self, device: &DeviceInfo) -> Result<Box<dyn UsbDevice>, UsbError> {
@@ -459,6 +499,14 @@ impl UsbDevice for FakeHandle {
             length,
         });
         let d = state.device(&self.location)?;
+        if let FakeKind::SdWire { host, .. } = &d.kind {
+            // The mux's state: vendor IN 0x0C, bit 0 set while the card is on the host.
+            return if request.request_type == 0xC0 && request.request == 0x0C {
+                Ok(vec![u8::from(*host)])
+            } else {
+                Err(UsbError::Pipe)
+            };
+        }
         let FakeKind::Hub(h) = &d.kind else {
             return Err(UsbError::Pipe);
         };
@@ -504,6 +552,20 @@ impl UsbDevice for FakeHandle {
             data: data.to_vec(),
         });
         let d = state.device(&self.location)?;
+        if let FakeKind::SdWire { host, .. } = &mut d.kind {
+            // CBUS bit-bang: vendor OUT 0x0B, wValue 0x20F1 (host) or 0x20F0 (DUT).
+            return match (request.request_type, request.request, request.value) {
+                (0x40, 0x0B, 0x20F1) => {
+                    *host = true;
+                    Ok(())
+                }
+                (0x40, 0x0B, 0x20F0) => {
+                    *host = false;
+                    Ok(())
+                }
+                _ => Err(UsbError::Pipe),
+            };
+        }
         let FakeKind::Hub(h) = &mut d.kind else {
             return Err(UsbError::Pipe);
         };

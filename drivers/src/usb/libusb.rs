@@ -105,6 +105,24 @@ impl UsbBus for LibusbBus {
         Ok(found)
     }
 
+    /// From sysfs, else by opening the device and reading its string descriptor.
+    fn product(&self, info: &DeviceInfo) -> Option<String> {
+        let location = info.location();
+        if self.sysfs.has_device(&location) {
+            return self.sysfs.attribute(&location, "product");
+        }
+        let list = context().ok()?.devices().ok()?;
+        let device = list
+            .iter()
+            .find(|d| d.bus_number() == info.bus && d.address() == info.address)?;
+        let descriptor = device.device_descriptor().ok()?;
+        device
+            .open()
+            .ok()?
+            .read_product_string_ascii(&descriptor)
+            .ok()
+    }
+
     fn open(&self, wanted: &DeviceInfo) -> Result<Box<dyn UsbDevice>, UsbError> {
         let list = context()?.devices().map_err(usb_error)?;
         let device = list

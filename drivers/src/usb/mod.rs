@@ -120,7 +120,7 @@ pub fn device_error(what: &str, device: Option<&DeviceInfo>, e: UsbError) -> Dri
 }
 
 /// Runs blocking USB work off the async runtime.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, DriverError> + Send + 'static,
 ) -> Result<T, DriverError> {
     tokio::task::spawn_blocking(work)
@@ -130,7 +130,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Config keys that make a driver use the fake bus (a test and demo aid): where to log the
 /// transfers.
-fn fake_log(path: Option<std::path::PathBuf>) -> fake::FakeBus {
+pub(crate) fn fake_log(path: Option<std::path::PathBuf>) -> fake::FakeBus {
     match path {
         Some(p) => fake::FakeBus::new().with_log(p),
         None => fake::FakeBus::new(),

@@ -287,6 +287,11 @@ pub trait UsbBus: Send + Sync + 'static {
 
     /// Opens a device found by [`UsbBus::devices`].
     fn open(&self, device: &DeviceInfo) -> Result<Box<dyn UsbDevice>, UsbError>;
+
+    /// The device's product string, where it has one and it can be read.
+    fn product(&self, _device: &DeviceInfo) -> Option<String> {
+        None
+    }
 }
 
 /// An open device. Dropping it releases what it claimed and closes it.

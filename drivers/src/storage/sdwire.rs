@@ -1,0 +1,578 @@
+//! SD-Wire (`jumpstarter_driver_sdwire.driver.SDWire`, drivers.md §9): an SD card mux whose
+//! FT200X switches the card between the host's reader and the board. Upstream's config and
+//! calls; the mux is looked up at every call (upstream looks once, in its constructor, and a
+//! missing mux fails the whole exporter there), so a mux that is unplugged costs its own calls
+//! only, and works again once it is back.
+//!
+//! - Device: `04e8:6001` whose product string is `sd-wire` (as `sd-mux-ctrl --init` programs
+//!   it), or a factory FT200X `0403:6015` only when `serial` names it; several candidates and
+//!   no `serial` is an error, as upstream.
+//! - Switching: vendor OUT `0x0B`, `wValue` `0x20F1` (host) or `0x20F0` (board); `off` is host.
+//! - The card's block device: `storage_device`, or the `block` device under the mux's own USB
+//!   hub in sysfs (the reader shares the mux's hub), polled every second for
+//!   `storage_timeout` after switching to the host. Before the first byte it is checked not to
+//!   hold anything of the host's ([`super::block::check_target`]).
+//! - `write`: host, wait for the card, write every chunk (progress every 50 MiB), `fsync`
+//!   within `storage_fsync_timeout`, then wait `storage_leeway`; `read` streams the card.
+//!
+//! ## Config
+//! ```yaml
+//! type: jumpstarter_driver_sdwire.driver.SDWire
+//! config:
+//!   serial: null             # pick one of several, or a factory FT200X
+//!   storage_device: null     # e.g. /dev/disk/by-id/usb-..., found in sysfs when absent
+//!   storage_timeout: 10      # s, for the card to appear on the host
+//!   storage_leeway: 6        # s, after the sync
+//!   storage_fsync_timeout: 900
+//!   # fake:                  # test and demo aid (not upstream): a simulated mux at 1-3.2
+//!   #   programmed: true
+//!   #   log: /tmp/sdwire.log
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::block::{self, Roots};
+use super::{cut_short, pump};
+use crate::resource::Resources;
+use crate::usb::fake::FakeDevice;
+use crate::usb::libusb::LibusbBus;
+use crate::usb::sysfs::{self, Sysfs};
+use crate::usb::transport::{ControlRequest, DeviceInfo, UsbBus};
+use crate::usb::{blocking, device_error, fake_log};
+use crate::yaml::{self, Node};
+use crate::{args, Driver, DriverError, DriverSpec, Json, MethodKind};
+
+pub const TYPE: &str = "jumpstarter_driver_sdwire.driver.SDWire";
+
+const PROGRAMMED: (u16, u16) = (0x04e8, 0x6001);
+const PROGRAMMED_PRODUCT: &str = "sd-wire";
+const FACTORY: (u16, u16) = (0x0403, 0x6015);
+
+const TO_HOST: u16 = 0x20F1;
+const TO_DUT: u16 = 0x20F0;
+const USB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the fake mux sits, and its serial.
+const FAKE_LOCATION: &str = "1-3.2";
+const FAKE_SERIAL: &str = "sdw-00001";
+
+/// Progress is logged each time this many more bytes are on the card.
+const PROGRESS_EVERY: u64 = 50 * 1024 * 1024;
+
+fn default_timeout() -> u64 {
+    10
+}
+fn default_leeway() -> u64 {
+    6
+}
+fn default_fsync_timeout() -> u64 {
+    900
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    storage_device: Option<PathBuf>,
+    #[serde(default = "default_timeout")]
+    storage_timeout: u64,
+    #[serde(default = "default_leeway")]
+    storage_leeway: u64,
+    #[serde(default = "default_fsync_timeout")]
+    storage_fsync_timeout: u64,
+    #[serde(default)]
+    fake: Option<FakeConfig>,
+}
+
+/// `fake:`: a simulated mux, programmed or a factory FT200X.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FakeConfig {
+    #[serde(default = "programmed_default")]
+    programmed: bool,
+    #[serde(default)]
+    log: Option<PathBuf>,
+}
+
+fn programmed_default() -> bool {
+    true
+}
+
+pub fn spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    let c: Config = yaml::from_node(node, path)?;
+    let bus: Arc<dyn UsbBus> = match &c.fake {
+        Some(fake) => {
+            let bus = fake_log(fake.log.clone());
+            let serial = c.serial.as_deref().unwrap_or(FAKE_SERIAL);
+            bus.add(FakeDevice::sdwire(FAKE_LOCATION, serial, fake.programmed));
+            Arc::new(bus)
+        }
+        None => Arc::new(LibusbBus::new(Sysfs::new(sysfs::SYSTEM_ROOT))),
+    };
+    Ok(Box::new(SdWireSpec {
+        mux: Arc::new(Mux {
+            serial: c.serial,
+            storage_device: c.storage_device,
+            storage_timeout: Duration::from_secs(c.storage_timeout),
+            leeway: Duration::from_secs(c.storage_leeway),
+            fsync_timeout: Duration::from_secs(c.storage_fsync_timeout),
+            bus,
+            sysfs: Sysfs::new(sysfs::SYSTEM_ROOT),
+            roots: Roots::default(),
+        }),
+    }))
+}
+
+struct SdWireSpec {
+    mux: Arc<Mux>,
+}
+
+impl DriverSpec for SdWireSpec {
+    fn client(&self) -> &'static str {
+        crate::client::STORAGE_MUX_FLASHER
+    }
+
+    fn build(&self) -> Box<dyn Driver> {
+        Box::new(SdWire {
+            mux: self.mux.clone(),
+        })
+    }
+}
+
+/// What the driver knows of its mux; the device itself is found at every call.
+struct Mux {
+    serial: Option<String>,
+    storage_device: Option<PathBuf>,
+    storage_timeout: Duration,
+    leeway: Duration,
+    fsync_timeout: Duration,
+    bus: Arc<dyn UsbBus>,
+    sysfs: Sysfs,
+    roots: Roots,
+}
+
+impl Mux {
+    /// The one mux this entry drives, or why there is none.
+    fn find(&self) -> Result<DeviceInfo, DriverError> {
+        let devices = self
+            .bus
+            .devices()
+            .map_err(|e| device_error("the USB bus", None, e))?;
+        let mut found: Vec<DeviceInfo> = devices
+            .iter()
+            .filter(|d| (d.vendor_id, d.product_id) == PROGRAMMED)
+            .filter(|d| self.bus.product(d).as_deref() == Some(PROGRAMMED_PRODUCT))
+            .filter(|d| self.serial.is_none() || d.serial == self.serial)
+            .cloned()
+            .collect();
+        if let Some(serial) = &self.serial {
+            // A factory FT200X looks like any other FT200X: only taken by its serial.
+            found.extend(
+                devices
+                    .iter()
+                    .filter(|d| (d.vendor_id, d.product_id) == FACTORY)
+                    .filter(|d| d.serial.as_deref() == Some(serial))
+                    .cloned(),
+            );
+        }
+        match found.len() {
+            0 => Err(DriverError::Unavailable(format!(
+                "failed to find sd-wire device{} (looked for 04e8:6001 with product \"sd-wire\"{}); check the cable, or `lsusb`",
+                self.serial
+                    .as_deref()
+                    .map(|s| format!(" with serial {s}"))
+                    .unwrap_or_default(),
+                if self.serial.is_some() {
+                    " and a factory FT200X 0403:6015"
+                } else {
+                    ""
+                }
+            ))),
+            1 => Ok(found.remove(0)),
+            _ => Err(DriverError::InvalidArgument(format!(
+                "found {} sd-wire devices ({}); set `serial:` to pick one",
+                found.len(),
+                found
+                    .iter()
+                    .map(|d| format!(
+                        "{} serial {}",
+                        d.location(),
+                        d.serial.as_deref().unwrap_or("?")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    fn select(&self, value: u16) -> Result<DeviceInfo, DriverError> {
+        let device = self.find()?;
+        let what = format!("sd-wire {}", device.describe());
+        let mut handle = self
+            .bus
+            .open(&device)
+            .map_err(|e| device_error(&what, Some(&device), e))?;
+        let request = ControlRequest {
+            request_type: 0x40,
+            request: 0x0B,
+            value,
+            index: 0,
+        };
+        handle
+            .control_out(request, &[], USB_TIMEOUT)
+            .map_err(|e| device_error(&what, Some(&device), e))?;
+        Ok(device)
+    }
+
+    /// The card's block device, as configured or as sysfs shows it under the mux's hub.
+    fn storage(&self, device: &DeviceInfo) -> Option<PathBuf> {
+        if let Some(path) = &self.storage_device {
+            return path.exists().then(|| path.clone());
+        }
+        let hub = device.location();
+        let hub = hub.rsplit_once('.').map(|(h, _)| h.to_string())?;
+        find_block(&self.sysfs.device_dir(&hub), 12).map(|name| PathBuf::from("/dev").join(name))
+    }
+
+    /// Waits for the card to show on the host, up to `storage_timeout`.
+    async fn await_storage(self: &Arc<Self>, device: &DeviceInfo) -> Result<PathBuf, DriverError> {
+        let deadline = tokio::time::Instant::now() + self.storage_timeout;
+        loop {
+            if let Some(path) = self.storage(device) {
+                return Ok(path);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DriverError::Timeout(format!(
+                    "the SD card of sd-wire {} did not appear on the host within storage_timeout ({} s){}",
+                    device.location(),
+                    self.storage_timeout.as_secs(),
+                    self.storage_device
+                        .as_ref()
+                        .map(|p| format!(": {} is not there", p.display()))
+                        .unwrap_or_else(|| ": no block device under its USB hub".into())
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The first block device name below `dir` in sysfs (`.../block/sdb`), not following links.
+fn find_block(dir: &Path, depth: usize) -> Option<String> {
+    if depth == 0 {
+        return None;
+    }
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut dirs = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if !kind.is_dir() {
+            continue;
+        }
+        if entry.file_name() == "block" {
+            let mut names: Vec<String> = std::fs::read_dir(entry.path())
+                .ok()?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            if let Some(name) = names.into_iter().next() {
+                return Some(name);
+            }
+        }
+        dirs.push(entry.path());
+    }
+    dirs.sort();
+    dirs.iter().find_map(|d| find_block(d, depth - 1))
+}
+
+pub struct SdWire {
+    mux: Arc<Mux>,
+}
+
+impl SdWire {
+    async fn switch(&self, value: u16) -> Result<DeviceInfo, DriverError> {
+        let mux = self.mux.clone();
+        blocking(move || mux.select(value)).await
+    }
+
+    async fn write(&self, handle: &Json, resources: &dyn Resources) -> Result<Json, DriverError> {
+        let device = self.switch(TO_HOST).await?;
+        let path = self.mux.await_storage(&device).await?;
+        let what = format!(
+            "the SD card {} (sd-wire {})",
+            path.display(),
+            device.location()
+        );
+        let roots = self.mux.roots.clone();
+        let checked = path.clone();
+        tokio::task::spawn_blocking(move || block::check_target(&checked, &roots))
+            .await
+            .map_err(|e| DriverError::Failed(format!("checking {what}: {e}")))??;
+        let mut source = resources.open_read(handle).await?;
+        let file = block::open_for_write(&path, self.mux.storage_timeout).await?;
+        let mut sink = Progress::new(file, what.clone());
+        let moved = match pump(&mut source, &mut sink).await {
+            Ok(moved) => moved,
+            Err((moved, cut)) => return Err(cut_short("writing", "the upload", &what, moved, cut)),
+        };
+        let file = sink.into_inner();
+        block::sync(&file, self.mux.fsync_timeout).await?;
+        tracing::info!(bytes = moved, "wrote {what}; waiting the storage_leeway");
+        tokio::time::sleep(self.mux.leeway).await;
+        Ok(Json::Null)
+    }
+
+    async fn read(&self, handle: &Json, resources: &dyn Resources) -> Result<Json, DriverError> {
+        let device = self.switch(TO_HOST).await?;
+        let path = self.mux.await_storage(&device).await?;
+        let what = format!(
+            "the SD card {} (sd-wire {})",
+            path.display(),
+            device.location()
+        );
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| DriverError::Failed(format!("cannot open {what} for reading: {e}")))?;
+        let mut sink = resources.open_write(handle).await?;
+        let moved = pump(&mut file, &mut sink)
+            .await
+            .map_err(|(moved, cut)| cut_short("reading", &what, "the dump", moved, cut))?;
+        tracing::info!(bytes = moved, "read {what}");
+        Ok(Json::Null)
+    }
+}
+
+#[async_trait]
+impl Driver for SdWire {
+    fn method(&self, name: &str) -> Option<MethodKind> {
+        matches!(name, "host" | "dut" | "off" | "write" | "read").then_some(MethodKind::Call)
+    }
+
+    async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
+        self.call_with(method, args, &crate::resource::NoResources)
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        args: Vec<Json>,
+        resources: &dyn Resources,
+    ) -> Result<Json, DriverError> {
+        match method {
+            "host" | "off" => {
+                args::expect_count(method, &args, 0)?;
+                self.switch(TO_HOST).await?;
+                Ok(Json::Null)
+            }
+            "dut" => {
+                args::expect_count(method, &args, 0)?;
+                self.switch(TO_DUT).await?;
+                Ok(Json::Null)
+            }
+            "write" => {
+                args::expect_count(method, &args, 1)?;
+                self.write(&args[0], resources).await
+            }
+            "read" => {
+                args::expect_count(method, &args, 1)?;
+                self.read(&args[0], resources).await
+            }
+            _ => Err(DriverError::NotImplemented(format!(
+                "{method} is not a method of SDWire"
+            ))),
+        }
+    }
+}
+
+/// A sink that logs how far a write has got, every [`PROGRESS_EVERY`] bytes.
+struct Progress<W> {
+    inner: W,
+    what: String,
+    written: u64,
+    next: u64,
+}
+
+impl<W> Progress<W> {
+    fn new(inner: W, what: String) -> Self {
+        Self {
+            inner,
+            what,
+            written: 0,
+            next: PROGRESS_EVERY,
+        }
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let n = futures::ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.written += n as u64;
+        if this.written >= this.next {
+            tracing::info!(mib = this.written >> 20, "writing {}", this.what);
+            this.next += PROGRESS_EVERY;
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // The file stays open for the sync that follows; only its buffers are flushed.
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Cut;
+    use crate::usb::fake::FakeBus;
+
+    fn mux(bus: FakeBus, serial: Option<&str>, storage: Option<PathBuf>) -> Arc<Mux> {
+        Arc::new(Mux {
+            serial: serial.map(str::to_string),
+            storage_device: storage,
+            storage_timeout: Duration::from_millis(1500),
+            leeway: Duration::ZERO,
+            fsync_timeout: Duration::from_secs(5),
+            bus: Arc::new(bus),
+            sysfs: Sysfs::new("/nonexistent"),
+            roots: Roots::default(),
+        })
+    }
+
+    #[test]
+    fn the_mux_is_found_by_id_and_product_and_a_factory_one_only_by_serial() {
+        let bus = FakeBus::new();
+        assert!(matches!(
+            mux(bus.clone(), None, None).find(),
+            Err(DriverError::Unavailable(m)) if m.contains("failed to find sd-wire device")
+        ));
+        bus.add(FakeDevice::sdwire("1-4.2", "f1", false));
+        assert!(
+            mux(bus.clone(), None, None).find().is_err(),
+            "a factory FT200X needs its serial"
+        );
+        assert_eq!(
+            mux(bus.clone(), Some("f1"), None)
+                .find()
+                .unwrap()
+                .location(),
+            "1-4.2"
+        );
+        bus.add(FakeDevice::sdwire("1-3.2", "a", true));
+        assert_eq!(
+            mux(bus.clone(), None, None).find().unwrap().location(),
+            "1-3.2"
+        );
+        bus.add(FakeDevice::sdwire("1-5.2", "b", true));
+        let e = mux(bus.clone(), None, None).find().unwrap_err();
+        assert!(
+            matches!(&e, DriverError::InvalidArgument(m) if m.contains("found 2 sd-wire devices") && m.contains("set `serial:`")),
+            "{e:?}"
+        );
+        assert_eq!(
+            mux(bus, Some("b"), None).find().unwrap().location(),
+            "1-5.2"
+        );
+    }
+
+    #[tokio::test]
+    async fn switching_sends_upstreams_requests_and_a_missing_mux_fails_only_its_call() {
+        let bus = FakeBus::new();
+        let driver = SdWire {
+            mux: mux(bus.clone(), None, None),
+        };
+        let e = driver.call("host", vec![]).await.unwrap_err();
+        assert!(matches!(e, DriverError::Unavailable(_)), "{e:?}");
+        bus.add(FakeDevice::sdwire("1-3.2", "a", true));
+        driver.call("host", vec![]).await.unwrap();
+        assert_eq!(bus.sdwire_on_host("1-3.2"), Some(true));
+        driver.call("dut", vec![]).await.unwrap();
+        assert_eq!(bus.sdwire_on_host("1-3.2"), Some(false));
+        driver.call("off", vec![]).await.unwrap();
+        assert_eq!(
+            bus.sdwire_on_host("1-3.2"),
+            Some(true),
+            "off is host, as upstream"
+        );
+        let requests: Vec<String> = bus.transfers().iter().map(|t| t.to_string()).collect();
+        assert!(
+            requests.iter().any(|t| t.contains("40 0b 20f1 0000"))
+                && requests.iter().any(|t| t.contains("40 0b 20f0 0000")),
+            "{requests:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_card_that_never_appears_times_out_naming_it() {
+        let bus = FakeBus::new();
+        bus.add(FakeDevice::sdwire("1-3.2", "a", true));
+        let missing = PathBuf::from("/nonexistent/sdcard");
+        let m = mux(bus, None, Some(missing));
+        let device = m.find().unwrap();
+        let e = m.await_storage(&device).await.unwrap_err();
+        assert!(
+            matches!(&e, DriverError::Timeout(t) if t.contains("/nonexistent/sdcard") && t.contains("storage_timeout")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_cards_block_device_is_found_under_the_muxs_hub() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root
+            .path()
+            .join("1-3/1-3.1/1-3.1:1.0/host2/target2:0:0/2:0:0:0/block/sdq");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::create_dir_all(root.path().join("1-3/1-3.2")).unwrap();
+        assert_eq!(
+            find_block(&root.path().join("1-3"), 12).as_deref(),
+            Some("sdq")
+        );
+        assert_eq!(find_block(&root.path().join("1-3/1-3.2"), 12), None);
+    }
+
+    #[test]
+    fn a_transfer_cut_short_names_the_bytes_and_the_end() {
+        let e = cut_short(
+            "writing",
+            "the upload",
+            "the SD card /dev/sdq",
+            4096,
+            Cut::Sink(std::io::Error::other("EIO")),
+        );
+        assert!(
+            matches!(&e, DriverError::Failed(m) if m.contains("after 4096 bytes") && m.contains("/dev/sdq")),
+            "{e:?}"
+        );
+    }
+}
