@@ -397,7 +397,11 @@ fn sd_wire_flashes_through_its_mux_onto_the_card() {
     let seen = client(&host, "storage", &["4", "sdwire"], &[]);
     assert_eq!(seen["bytes"], 4 << 20, "{seen}");
     assert_eq!(seen["class"], "StorageMuxFlasherClient");
-    assert_eq!(std::fs::metadata(&card).unwrap().len(), 4 << 20, "the card holds the image");
+    assert_eq!(
+        std::fs::metadata(&card).unwrap().len(),
+        4 << 20,
+        "the card holds the image"
+    );
     assert_all_encodings(&client(&host, "compressed", &["sdwire", "2"], &[]));
     let requests = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -405,6 +409,13 @@ fn sd_wire_flashes_through_its_mux_onto_the_card() {
         "host and board switches, as upstream's requests:\n{requests}"
     );
     let last = requests.lines().last().unwrap_or_default();
-    assert!(last.contains("40 0b 20f0"), "flash ends on the board side: {last}");
-    assert!(exporter.wait_for_log("wrote the SD card"), "{}", exporter.log());
+    assert!(
+        last.contains("40 0b 20f0"),
+        "flash ends on the board side: {last}"
+    );
+    assert!(
+        exporter.wait_for_log("wrote the SD card"),
+        "{}",
+        exporter.log()
+    );
 }

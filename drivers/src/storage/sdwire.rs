@@ -320,6 +320,8 @@ impl SdWire {
             .map_err(|e| DriverError::Failed(format!("checking {what}: {e}")))??;
         let mut source = resources.open_read(handle).await?;
         let file = block::open_for_write(&path, self.mux.storage_timeout).await?;
+        // Again on what was opened: the link may point elsewhere by now.
+        block::check_opened(&file, &path, &self.mux.roots)?;
         let mut sink = Progress::new(file, what.clone());
         let moved = match pump(&mut source, &mut sink).await {
             Ok(moved) => moved,
