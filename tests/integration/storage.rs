@@ -304,6 +304,30 @@ async fn headers_say_what_is_accepted_and_every_misuse_of_a_handle_is_named() {
     let end = rx.message().await.unwrap().unwrap();
     assert_eq!(end, jmp_exporter::frame::goaway_response());
 
+    // An upload cut short (the client drops its stream mid-way) fails the call, naming how
+    // far it got: never a truncated image reported as written.
+    let (_, handle, tx, rx) = open(&channel, &resource(&storage, "null")).await;
+    let writing = {
+        let (channel, storage, handle) = (channel.clone(), storage.clone(), handle.clone());
+        tokio::spawn(async move { call(&channel, &storage, "write", vec![handle]).await })
+    };
+    for _ in 0..16 {
+        tx.send(data_request(bytes::Bytes::from(vec![7u8; 64 * 1024])))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((tx, rx));
+    let cut = tokio::time::timeout(Duration::from_secs(10), writing)
+        .await
+        .expect("the write call ends")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        cut.message().contains("stopped after") && cut.message().contains("the upload"),
+        "{cut:?}"
+    );
+
     let never = json!({"kind": "client_stream", "uuid": "5b0b9a4e-9d53-4a31-a7a4-0d2d1f9d1c11"});
     for (bad, says) in [
         (never, "is not open in this session"),

@@ -271,7 +271,9 @@ impl Resources for Scoped {
     }
 }
 
-/// The client's upload as chunks: DATA frames' payloads until GOAWAY or the end of its side.
+/// The client's upload as chunks: DATA frames' payloads until GOAWAY. Its side ending
+/// without GOAWAY (the 0.9.0 client always sends one) means the upload was cut short, and a
+/// cut-short image must never be written as if whole.
 fn upload_chunks(
     inbound: Streaming<StreamRequest>,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
@@ -279,7 +281,13 @@ fn upload_chunks(
         let mut inbound = state?;
         loop {
             match inbound.next().await {
-                None => return None,
+                None => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the client's stream ended before its GOAWAY: the upload was cut short",
+                    );
+                    return Some((Err(e), None));
+                }
                 Some(Err(status)) => {
                     let e = std::io::Error::other(format!(
                         "the client's stream failed: {}",
