@@ -778,6 +778,21 @@ impl Reader {
                 let config = self.driver_config(&mut entry, node.get("config"), &cpath);
                 match factory(&config, &cpath) {
                     Ok(spec) => {
+                        for (name, child_type, child) in spec.children() {
+                            entry.children.push(Entry {
+                                name: name.to_string(),
+                                path: join(path, name),
+                                kind: EntryKind::Driver {
+                                    type_name: child_type.to_string(),
+                                    spec: Arc::from(child),
+                                },
+                                description: None,
+                                methods_description: Vec::new(),
+                                uuid: None,
+                                labels: Vec::new(),
+                                children: Vec::new(),
+                            });
+                        }
                         entry.kind = EntryKind::Driver {
                             type_name,
                             spec: Arc::from(spec),

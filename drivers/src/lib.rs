@@ -172,6 +172,13 @@ pub trait DriverSpec: Send + Sync + 'static {
     /// device that is absent is the owner's to wait for.
     fn start(&self) {}
 
+    /// Children the driver brings with it (name, the `type` they report under, spec), after
+    /// any its config lists: a board whose parts are drivers of their own (DUT Link's power,
+    /// storage and console).
+    fn children(&self) -> Vec<(&'static str, &'static str, Box<dyn DriverSpec>)> {
+        Vec::new()
+    }
+
     /// A fresh driver for one session. It must not open or touch the device: that happens in
     /// [`Driver::reset`] and in the calls, so that laying out a tree (registration, `check`)
     /// has no effect on hardware and a device that is absent or busy costs only its own calls.
@@ -201,6 +208,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     ),
     (storage::MOCK_FLASHER, storage::mock_flasher_spec),
     (storage::sdwire::TYPE, storage::sdwire::spec),
+    (storage::dutlink::TYPE, storage::dutlink::spec),
 ];
 
 /// The factory for a `type:` string.

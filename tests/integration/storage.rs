@@ -443,3 +443,44 @@ fn sd_wire_flashes_through_its_mux_onto_the_card() {
         exporter.log()
     );
 }
+
+/// DUT Link on a simulated board: the real client builds its three children, switches power
+/// (upstream's requests to the vendor interface), reads a reading, writes and reads back its
+/// storage, and echoes through its console.
+#[test]
+fn dut_link_is_a_composite_of_power_storage_and_console_as_upstream_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.img");
+    std::fs::write(&card, b"").unwrap();
+    let log = dir.path().join("usb.log");
+    let export = format!(
+        "export:\n  dutlink:\n    type: jumpstarter_driver_dutlink.driver.Dutlink\n    config:\n      storage_device: {}\n      storage_leeway: 0\n      alternate_console: 'loop://'\n      fake: {{log: {}}}\n",
+        card.display(),
+        log.display()
+    );
+    let config = write(dir.path(), "exporter.yaml", &format!("{HEADER}{export}"));
+    let exporter = Exporter::tcp_with_env(&config, &["--tls-grpc-insecure"], &[]);
+    let seen = client(&exporter.host(), "dutlink", &["dutlink"], &[]);
+    assert_eq!(seen["power"], "PowerClient", "{seen}");
+    assert_eq!(seen["storage"], "StorageMuxFlasherClient", "{seen}");
+    assert_eq!(seen["console"], "ping", "{seen}");
+    assert_eq!(
+        seen["reading"],
+        json!({"voltage": 5.01, "current": 0.45}),
+        "{seen}"
+    );
+    assert_eq!(std::fs::metadata(&card).unwrap().len(), 2 << 20);
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    for (what, request) in [
+        ("power on", "41 01 0001 0002"),
+        ("rescue", "41 01 0004 0002"),
+        ("power off", "41 01 0000 0002"),
+        ("storage to the host", "41 02 0001 0002"),
+        ("a reading", "c1 04 0001 0002"),
+    ] {
+        assert!(
+            requests.contains(request),
+            "{what} ({request}) not sent:\n{requests}"
+        );
+    }
+}

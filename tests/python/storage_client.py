@@ -119,6 +119,27 @@ def from_url(client, path, url, expected):
             return {"same": f.read() == g.read()}
 
 
+def dutlink(client, path="dutlink"):
+    """DUT Link's three children as upstream's client builds them: power (a reading from
+    the streaming `read`), storage (an image written and read back), console (an echo)."""
+    board = target_of(client, path)
+    seen = {name: type(getattr(board, name)).__name__ for name in ("power", "storage", "console")}
+    board.power.on()
+    board.power.rescue()
+    readings = board.power.read()
+    seen["reading"] = next(iter(readings)).model_dump()
+    readings.close()
+    storage(client, "2", f"{path}.storage")
+    with board.console.stream() as s:
+        s.send(b"ping")
+        got = b""
+        while len(got) < 4:
+            got += s.receive()
+    seen["console"] = got.decode()
+    board.power.off()
+    return seen
+
+
 def bench_flash(client, path, image, compression=""):
     """For the benchmark: one flash of `image`, timed, with the client's own CPU time."""
     import resource
@@ -132,7 +153,7 @@ def bench_flash(client, path, image, compression=""):
     return {"seconds": seconds, "client_cpu_s": cpu}
 
 
-SCENARIOS = {"storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url, "bench_flash": bench_flash}
+SCENARIOS = {"storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url, "dutlink": dutlink, "bench_flash": bench_flash}
 
 if __name__ == "__main__":
     run(SCENARIOS, sys.argv[1], sys.argv[2:])

@@ -4,6 +4,8 @@
 //! far a transfer got.
 
 pub mod block;
+pub mod card;
+pub mod dutlink;
 pub mod mock;
 pub mod sdwire;
 

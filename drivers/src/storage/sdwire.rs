@@ -36,8 +36,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::block::{self, Roots};
-use super::{cut_short, pump};
+use super::block::Roots;
+use super::card::{self, Card};
 use crate::resource::Resources;
 use crate::usb::fake::FakeDevice;
 use crate::usb::libusb::LibusbBus;
@@ -60,9 +60,6 @@ const USB_TIMEOUT: Duration = Duration::from_secs(2);
 /// Where the fake mux sits, and its serial.
 const FAKE_LOCATION: &str = "1-3.2";
 const FAKE_SERIAL: &str = "sdw-00001";
-
-/// Progress is logged each time this many more bytes are on the card.
-const PROGRESS_EVERY: u64 = 50 * 1024 * 1024;
 
 fn default_timeout() -> u64 {
     10
@@ -121,11 +118,14 @@ pub fn spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error>
             serial: c.serial,
             storage_device: c.storage_device,
             storage_timeout: Duration::from_secs(c.storage_timeout),
-            leeway: Duration::from_secs(c.storage_leeway),
-            fsync_timeout: Duration::from_secs(c.storage_fsync_timeout),
+            card: Card {
+                timeout: Duration::from_secs(c.storage_timeout),
+                leeway: Duration::from_secs(c.storage_leeway),
+                fsync_timeout: Duration::from_secs(c.storage_fsync_timeout),
+                roots: Roots::default(),
+            },
             bus,
             sysfs: Sysfs::new(sysfs::SYSTEM_ROOT),
-            roots: Roots::default(),
         }),
     }))
 }
@@ -151,11 +151,9 @@ struct Mux {
     serial: Option<String>,
     storage_device: Option<PathBuf>,
     storage_timeout: Duration,
-    leeway: Duration,
-    fsync_timeout: Duration,
+    card: Card,
     bus: Arc<dyn UsbBus>,
     sysfs: Sysfs,
-    roots: Roots,
 }
 
 impl Mux {
@@ -313,25 +311,7 @@ impl SdWire {
             path.display(),
             device.location()
         );
-        let roots = self.mux.roots.clone();
-        let checked = path.clone();
-        tokio::task::spawn_blocking(move || block::check_target(&checked, &roots))
-            .await
-            .map_err(|e| DriverError::Failed(format!("checking {what}: {e}")))??;
-        let mut source = resources.open_read(handle).await?;
-        let file = block::open_for_write(&path, self.mux.storage_timeout).await?;
-        // Again on what was opened: the link may point elsewhere by now.
-        block::check_opened(&file, &path, &self.mux.roots)?;
-        let mut sink = Progress::new(file, what.clone());
-        let moved = match pump(&mut source, &mut sink).await {
-            Ok(moved) => moved,
-            Err((moved, cut)) => return Err(cut_short("writing", "the upload", &what, moved, cut)),
-        };
-        let file = sink.into_inner();
-        block::sync(&file, self.mux.fsync_timeout).await?;
-        tracing::info!(bytes = moved, "wrote {what}; waiting the storage_leeway");
-        tokio::time::sleep(self.mux.leeway).await;
-        Ok(Json::Null)
+        card::write(&path, &what, &self.mux.card, handle, resources).await
     }
 
     async fn read(&self, handle: &Json, resources: &dyn Resources) -> Result<Json, DriverError> {
@@ -342,15 +322,7 @@ impl SdWire {
             path.display(),
             device.location()
         );
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| DriverError::Failed(format!("cannot open {what} for reading: {e}")))?;
-        let mut sink = resources.open_write(handle).await?;
-        let moved = pump(&mut file, &mut sink)
-            .await
-            .map_err(|(moved, cut)| cut_short("reading", &what, "the dump", moved, cut))?;
-        tracing::info!(bytes = moved, "read {what}");
-        Ok(Json::Null)
+        card::read(&path, &what, handle, resources).await
     }
 }
 
@@ -397,65 +369,10 @@ impl Driver for SdWire {
     }
 }
 
-/// A sink that logs how far a write has got, every [`PROGRESS_EVERY`] bytes.
-struct Progress<W> {
-    inner: W,
-    what: String,
-    written: u64,
-    next: u64,
-}
-
-impl<W> Progress<W> {
-    fn new(inner: W, what: String) -> Self {
-        Self {
-            inner,
-            what,
-            written: 0,
-            next: PROGRESS_EVERY,
-        }
-    }
-
-    fn into_inner(self) -> W {
-        self.inner
-    }
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let n = futures::ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        this.written += n as u64;
-        if this.written >= this.next {
-            tracing::info!(mib = this.written >> 20, "writing {}", this.what);
-            this.next += PROGRESS_EVERY;
-        }
-        std::task::Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        // The file stays open for the sync that follows; only its buffers are flushed.
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Cut;
+    use crate::storage::{cut_short, Cut};
     use crate::usb::fake::FakeBus;
 
     fn mux(bus: FakeBus, serial: Option<&str>, storage: Option<PathBuf>) -> Arc<Mux> {
@@ -463,11 +380,14 @@ mod tests {
             serial: serial.map(str::to_string),
             storage_device: storage,
             storage_timeout: Duration::from_millis(1500),
-            leeway: Duration::ZERO,
-            fsync_timeout: Duration::from_secs(5),
+            card: Card {
+                timeout: Duration::from_millis(1500),
+                leeway: Duration::ZERO,
+                fsync_timeout: Duration::from_secs(5),
+                roots: Roots::default(),
+            },
             bus: Arc::new(bus),
             sysfs: Sysfs::new("/nonexistent"),
-            roots: Roots::default(),
         })
     }
 

@@ -221,6 +221,25 @@ pub enum FakeKind {
         product: String,
         host: bool,
     },
+    /// A DUT Link board: what its vendor interface was last told, and its readings' text.
+    Dutlink(FakeDutlink),
+}
+
+/// A DUT Link board's vendor interface (number [`FakeDutlink::INTERFACE`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FakeDutlink {
+    /// The last power action's index (off, on, force-off, force-on, rescue).
+    pub power: Option<u16>,
+    /// The last storage action's index (off, host, dut).
+    pub storage: Option<u16>,
+    /// Which reading the next IN answers (version, power, voltage, current).
+    pub selected: u16,
+    /// The text of the `power` reading.
+    pub reading: String,
+}
+
+impl FakeDutlink {
+    pub const INTERFACE: u8 = 2;
 }
 
 /// One simulated device.
@@ -277,6 +296,18 @@ impl FakeDevice {
                 product: product.into(),
                 host: false,
             },
+            fault: None,
+        }
+    }
+
+    /// A DUT Link board (`2b23:1012`) at `location` with this serial.
+    pub fn dutlink(location: &str, serial: &str) -> Self {
+        Self {
+            info: info_at(location, (0x2b23, 0x1012), 0xEF, 0x0200, Some(serial)),
+            kind: FakeKind::Dutlink(FakeDutlink {
+                reading: "5.01V 0.45A".into(),
+                ..FakeDutlink::default()
+            }),
             fault: None,
         }
     }
@@ -415,6 +446,15 @@ impl FakeBus {
         }
     }
 
+    /// What the fake DUT Link at `location` was last told.
+    pub fn dutlink(&self, location: &str) -> Option<FakeDutlink> {
+        let mut state = self.state();
+        match &state.device(location).ok()?.kind {
+            FakeKind::Dutlink(board) => Some(board.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether the fake SD-Wire at `location` has its card on the host side.
     pub fn sdwire_on_host(&self, location: &str) -> Option<bool> {
         let mut state = self.state();
@@ -499,6 +539,21 @@ impl UsbDevice for FakeHandle {
             length,
         });
         let d = state.device(&self.location)?;
+        if let FakeKind::Dutlink(board) = &d.kind {
+            let index = u16::from(FakeDutlink::INTERFACE);
+            return if (request.request_type, request.request, request.index) == (0xC1, 0x04, index)
+            {
+                let text = match board.selected {
+                    0 => "fake-dutlink 0.1".to_string(),
+                    _ => board.reading.clone(),
+                };
+                let mut bytes = text.into_bytes();
+                bytes.truncate(length.into());
+                Ok(bytes)
+            } else {
+                Err(UsbError::Pipe)
+            };
+        }
         if let FakeKind::SdWire { host, .. } = &d.kind {
             // The mux's state: vendor IN 0x0C, bit 0 set while the card is on the host.
             return if request.request_type == 0xC0 && request.request == 0x0C {
@@ -552,6 +607,18 @@ impl UsbDevice for FakeHandle {
             data: data.to_vec(),
         });
         let d = state.device(&self.location)?;
+        if let FakeKind::Dutlink(board) = &mut d.kind {
+            if request.request_type != 0x41 || request.index != u16::from(FakeDutlink::INTERFACE) {
+                return Err(UsbError::Pipe);
+            }
+            match (request.request, request.value) {
+                (0x00, _) => board.selected = 1,
+                (0x01, v @ 0..=4) => board.power = Some(v),
+                (0x02, v @ 0..=2) => board.storage = Some(v),
+                _ => return Err(UsbError::Pipe),
+            }
+            return Ok(());
+        }
         if let FakeKind::SdWire { host, .. } = &mut d.kind {
             // CBUS bit-bang: vendor OUT 0x0B, wValue 0x20F1 (host) or 0x20F0 (DUT).
             return match (request.request_type, request.request, request.value) {
@@ -579,6 +646,22 @@ impl UsbDevice for FakeHandle {
         }
         h.requested[usize::from(port) - 1] = request.request == hub::SET_FEATURE;
         Ok(())
+    }
+
+    fn find_interface(
+        &mut self,
+        class: u8,
+        subclass: u8,
+        protocol: u8,
+    ) -> Result<Option<u8>, UsbError> {
+        let mut state = self.bus.state();
+        let d = state.device(&self.location)?;
+        Ok(match &d.kind {
+            FakeKind::Dutlink(_) if (class, subclass, protocol) == (0xFF, 0x01, 0x01) => {
+                Some(FakeDutlink::INTERFACE)
+            }
+            _ => None,
+        })
     }
 
     fn claim_interface(&mut self, interface: u8) -> Result<Vec<Endpoint>, UsbError> {

@@ -177,6 +177,26 @@ impl UsbDevice for LibusbDevice {
             .map_err(usb_error)
     }
 
+    fn find_interface(
+        &mut self,
+        class: u8,
+        subclass: u8,
+        protocol: u8,
+    ) -> Result<Option<u8>, UsbError> {
+        let config = self
+            .handle
+            .device()
+            .active_config_descriptor()
+            .map_err(usb_error)?;
+        let found = config.interfaces().find(|i| {
+            i.descriptors().any(|d| {
+                (d.class_code(), d.sub_class_code(), d.protocol_code())
+                    == (class, subclass, protocol)
+            })
+        });
+        Ok(found.map(|i| i.number()))
+    }
+
     fn claim_interface(&mut self, interface: u8) -> Result<Vec<Endpoint>, UsbError> {
         // Linux: take the interface from usbhid for as long as we hold it; libusb gives it
         // back on release. Elsewhere this is not supported and not needed.

@@ -316,6 +316,15 @@ pub trait UsbDevice: Send {
     /// long as the device is open) and returns the endpoints of its alternate setting 0.
     fn claim_interface(&mut self, interface: u8) -> Result<Vec<Endpoint>, UsbError>;
 
+    /// The number of the active configuration's interface of this class, subclass and
+    /// protocol, if there is one.
+    fn find_interface(
+        &mut self,
+        class: u8,
+        subclass: u8,
+        protocol: u8,
+    ) -> Result<Option<u8>, UsbError>;
+
     /// Writes `data` to an OUT endpoint; returns how much was sent.
     fn write(
         &mut self,
