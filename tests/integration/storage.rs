@@ -67,10 +67,14 @@ fn the_real_client_flashes_and_dumps_native_storage_over_tcp_in_every_encoding()
     let dir = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let tmp = files.path().display().to_string();
+    // No Python for the exporter: the native path needs none.
     let exporter = Exporter::tcp_with_env(
         &standalone_config(dir.path()),
         &["--tls-grpc-insecure"],
-        &[("TMPDIR", &tmp)],
+        &[
+            ("TMPDIR", &tmp),
+            ("JMP_EXPORTER_PYTHON", "/nonexistent/python3"),
+        ],
     );
     let host = exporter.host();
     let seen = client(&host, "storage", &["8", "storage"], &[]);
@@ -328,6 +332,24 @@ async fn headers_say_what_is_accepted_and_every_misuse_of_a_handle_is_named() {
         "{cut:?}"
     );
 
+    // A compressed upload that stops mid-stream (GOAWAY after half a zstd frame) is an error,
+    // not a short image.
+    let (_, handle, tx, _rx) = open(&channel, &resource(&storage, "\"zstd\"")).await;
+    let image = crate::support::process::noise(1 << 20, 3);
+    let mut packed = zstd_of(&image).await;
+    packed.truncate(packed.len() / 2);
+    tx.send(data_request(bytes::Bytes::from(packed)))
+        .await
+        .unwrap();
+    tx.send(goaway_request()).await.unwrap();
+    let truncated = call(&channel, &storage, "write", vec![handle])
+        .await
+        .unwrap_err();
+    assert!(
+        truncated.message().contains("stopped after") && truncated.message().contains("upload"),
+        "{truncated:?}"
+    );
+
     let never = json!({"kind": "client_stream", "uuid": "5b0b9a4e-9d53-4a31-a7a4-0d2d1f9d1c11"});
     for (bad, says) in [
         (never, "is not open in this session"),
@@ -483,4 +505,13 @@ fn dut_link_is_a_composite_of_power_storage_and_console_as_upstream_reports_it()
             "{what} ({request}) not sent:\n{requests}"
         );
     }
+}
+
+/// A zstd frame of `data`.
+async fn zstd_of(data: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let mut z = async_compression::tokio::write::ZstdEncoder::new(Vec::new());
+    z.write_all(data).await.unwrap();
+    z.shutdown().await.unwrap();
+    z.into_inner()
 }

@@ -69,7 +69,21 @@ pub fn cut_short(what: &str, source: &str, sink: &str, moved: u64, cut: Cut) -> 
         Cut::Sink(e) => (sink, e),
     };
     let message = format!("{what} stopped after {moved} bytes: {end}: {e}");
-    if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData {
+    // A card pulled or a reader gone mid-write: the device is away, not broken.
+    let gone = [
+        rustix::io::Errno::NODEV,
+        rustix::io::Errno::NXIO,
+        rustix::io::Errno::NOMEDIUM,
+        rustix::io::Errno::IO,
+        rustix::io::Errno::NOENT,
+    ]
+    .iter()
+    .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()));
+    if gone && end == sink {
+        DriverError::Unavailable(message)
+    } else if e.kind() == std::io::ErrorKind::InvalidInput
+        || e.kind() == std::io::ErrorKind::InvalidData
+    {
         DriverError::InvalidArgument(message)
     } else {
         DriverError::Failed(message)

@@ -13,7 +13,8 @@
 //!   `storage_timeout` after switching to the host. Before the first byte it is checked not to
 //!   hold anything of the host's ([`super::block::check_target`]).
 //! - `write`: host, wait for the card, write every chunk (progress every 50 MiB), `fsync`
-//!   within `storage_fsync_timeout`, then wait `storage_leeway`; `read` streams the card.
+//!   within `storage_fsync_timeout`, wait `storage_leeway`, then (beyond upstream) back to
+//!   the board, or an error that says where the card is; `read` streams the card.
 //!
 //! ## Config
 //! ```yaml
@@ -297,21 +298,44 @@ pub struct SdWire {
     mux: Arc<Mux>,
 }
 
+/// `e` with a note on where the card is now.
+fn noted(e: DriverError, note: &str) -> DriverError {
+    match e {
+        DriverError::NotImplemented(m) => DriverError::NotImplemented(format!("{m}; {note}")),
+        DriverError::InvalidArgument(m) => DriverError::InvalidArgument(format!("{m}; {note}")),
+        DriverError::Timeout(m) => DriverError::Timeout(format!("{m}; {note}")),
+        DriverError::Unavailable(m) => DriverError::Unavailable(format!("{m}; {note}")),
+        DriverError::Failed(m) => DriverError::Failed(format!("{m}; {note}")),
+    }
+}
+
 impl SdWire {
     async fn switch(&self, value: u16) -> Result<DeviceInfo, DriverError> {
         let mux = self.mux.clone();
         blocking(move || mux.select(value)).await
     }
 
+    /// Beyond upstream: a write ends with the card back on the board's side, or says where it
+    /// is left.
     async fn write(&self, handle: &Json, resources: &dyn Resources) -> Result<Json, DriverError> {
         let device = self.switch(TO_HOST).await?;
-        let path = self.mux.await_storage(&device).await?;
-        let what = format!(
-            "the SD card {} (sd-wire {})",
-            path.display(),
-            device.location()
-        );
-        card::write(&path, &what, &self.mux.card, handle, resources).await
+        let written = match self.mux.await_storage(&device).await {
+            Ok(path) => {
+                let what = format!(
+                    "the SD card {} (sd-wire {})",
+                    path.display(),
+                    device.location()
+                );
+                card::write(&path, &what, &self.mux.card, handle, resources).await
+            }
+            Err(e) => Err(e),
+        };
+        match (written, self.switch(TO_DUT).await) {
+            (Ok(done), Ok(_)) => Ok(done),
+            (Ok(_), Err(e)) => Err(noted(e, "the image was written, but the card could not be switched back to the board; it is on the host side")),
+            (Err(e), Ok(_)) => Err(noted(e, "the card is switched back to the board")),
+            (Err(e), Err(_)) => Err(noted(e, "the card is left on the host side (switching it back failed too)")),
+        }
     }
 
     async fn read(&self, handle: &Json, resources: &dyn Resources) -> Result<Json, DriverError> {
@@ -481,6 +505,80 @@ mod tests {
             Some("sdq")
         );
         assert_eq!(find_block(&root.path().join("1-3/1-3.2"), 12), None);
+    }
+
+    /// An upload from memory, for the driver's own tests.
+    struct Upload(Vec<u8>);
+
+    #[async_trait]
+    impl Resources for Upload {
+        async fn open_read(
+            &self,
+            _handle: &Json,
+        ) -> Result<crate::resource::ByteSource, DriverError> {
+            Ok(Box::new(std::io::Cursor::new(self.0.clone())))
+        }
+
+        async fn open_write(
+            &self,
+            _handle: &Json,
+        ) -> Result<crate::resource::ByteSink, DriverError> {
+            Err(DriverError::InvalidArgument("no dumps here".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_ends_with_the_card_on_the_board_or_says_where_it_is() {
+        let bus = FakeBus::new();
+        bus.add(FakeDevice::sdwire("1-3.2", "a", true));
+        let dir = tempfile::tempdir().unwrap();
+        let card = dir.path().join("card.img");
+        std::fs::write(&card, b"old").unwrap();
+        let driver = SdWire {
+            mux: mux(bus.clone(), None, Some(card.clone())),
+        };
+        let handle = serde_json::json!({"kind": "client_stream"});
+        driver
+            .call_with(
+                "write",
+                vec![handle.clone()],
+                &Upload(b"new image".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&card).unwrap(), b"new image");
+        assert_eq!(
+            bus.sdwire_on_host("1-3.2"),
+            Some(false),
+            "back on the board"
+        );
+
+        let e = driver
+            .call_with("write", vec![handle], &crate::resource::NoResources)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DriverError::InvalidArgument(m) if m.contains("the card is switched back to the board")),
+            "{e:?}"
+        );
+        assert_eq!(bus.sdwire_on_host("1-3.2"), Some(false));
+    }
+
+    #[test]
+    fn a_card_gone_mid_write_is_unavailable_naming_the_bytes() {
+        let e = cut_short(
+            "writing",
+            "the upload",
+            "the SD card /dev/sdq",
+            1 << 20,
+            Cut::Sink(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::NOMEDIUM.raw_os_error(),
+            )),
+        );
+        assert!(
+            matches!(&e, DriverError::Unavailable(m) if m.contains("after 1048576 bytes")),
+            "{e:?}"
+        );
     }
 
     #[test]
