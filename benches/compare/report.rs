@@ -430,6 +430,13 @@ pub(crate) fn print_flash(flash: &Value) {
             show(c)
         );
     }
+    let m = &flash["memory_1gib"];
+    println!(
+        "\njmp-exporter's RSS around a raw 1 GiB flash: {} KiB before, {} KiB at most during, {} KiB after.",
+        show(get(m, "rss_before_kib")),
+        show(get(m, "rss_peak_during_kib")),
+        show(get(m, "rss_after_kib"))
+    );
     let d = &flash["decompression"];
     for (name, tool) in [("zstd", "zstd -d"), ("gzip", "gzip -d")] {
         let (ours, theirs) = (
