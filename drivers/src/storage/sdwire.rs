@@ -166,8 +166,7 @@ impl Mux {
             .map_err(|e| device_error("the USB bus", None, e))?;
         let mut found: Vec<DeviceInfo> = devices
             .iter()
-            .filter(|d| (d.vendor_id, d.product_id) == PROGRAMMED)
-            .filter(|d| self.bus.product(d).as_deref() == Some(PROGRAMMED_PRODUCT))
+            .filter(|d| is_sdwire(self.bus.as_ref(), d))
             .filter(|d| self.serial.is_none() || d.serial == self.serial)
             .cloned()
             .collect();
@@ -235,9 +234,7 @@ impl Mux {
         if let Some(path) = &self.storage_device {
             return path.exists().then(|| path.clone());
         }
-        let hub = device.location();
-        let hub = hub.rsplit_once('.').map(|(h, _)| h.to_string())?;
-        find_block(&self.sysfs.device_dir(&hub), 12).map(|name| PathBuf::from("/dev").join(name))
+        block_device_of(&self.sysfs, device)
     }
 
     /// Waits for the card to show on the host, up to `storage_timeout`.
@@ -261,6 +258,20 @@ impl Mux {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Whether `device` is a programmed SD-Wire (`04e8:6001`, product `sd-wire`).
+pub fn is_sdwire(bus: &dyn UsbBus, device: &DeviceInfo) -> bool {
+    (device.vendor_id, device.product_id) == PROGRAMMED
+        && bus.product(device).as_deref() == Some(PROGRAMMED_PRODUCT)
+}
+
+/// The block device of an SD-Wire's card, as sysfs shows it under the mux's own USB hub (the
+/// card reader shares that hub).
+pub fn block_device_of(sysfs: &Sysfs, device: &DeviceInfo) -> Option<PathBuf> {
+    let location = device.location();
+    let hub = location.rsplit_once('.').map(|(h, _)| h.to_string())?;
+    find_block(&sysfs.device_dir(&hub), 12).map(|name| PathBuf::from("/dev").join(name))
 }
 
 /// The first block device name below `dir` in sysfs (`.../block/sdb`), not following links.

@@ -1,6 +1,6 @@
 //! Discovery for `jmp-exporter list usb`: every hub with its location, id, serial, ports,
-//! declared power switching, USB 3 companion and the power of each port, plus YKUSH boards,
-//! as plain data with a table `Display`. Lab owners copy locations and serials from it into
+//! declared power switching, USB 3 companion and the power of each port, plus YKUSH boards
+//! and SD-Wire muxes (with their card's block device), as plain data with a table `Display`. Lab owners copy locations and serials from it into
 //! configs.
 //!
 //! Nothing here needs permission: where a hub cannot be opened, what only the hub can say
@@ -42,11 +42,20 @@ pub struct YkushRow {
     pub serial: Option<String>,
 }
 
+/// An SD-Wire mux, with its card's block device where sysfs shows one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SdWireRow {
+    pub location: String,
+    pub serial: Option<String>,
+    pub block: Option<String>,
+}
+
 /// What `list usb` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsbListing {
     pub hubs: Vec<HubRow>,
     pub ykush: Vec<YkushRow>,
+    pub sdwire: Vec<SdWireRow>,
     /// Things the reader should know (no USB here, no permission to open a hub).
     pub notes: Vec<String>,
 }
@@ -79,6 +88,17 @@ pub fn discover(bus: &dyn UsbBus, sysfs: Option<&Sysfs>) -> UsbListing {
         .map(|d| YkushRow {
             location: d.location(),
             serial: d.serial.clone(),
+        })
+        .collect();
+    listing.sdwire = devices
+        .iter()
+        .filter(|d| crate::storage::sdwire::is_sdwire(bus, d))
+        .map(|d| SdWireRow {
+            location: d.location(),
+            serial: d.serial.clone(),
+            block: sysfs
+                .and_then(|s| crate::storage::sdwire::block_device_of(s, d))
+                .map(|p| p.display().to_string()),
         })
         .collect();
     if denied {
@@ -238,6 +258,22 @@ impl fmt::Display for UsbListing {
                 )?;
             }
         }
+        if !self.sdwire.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "SD-Wire muxes")?;
+            writeln!(f, "LOCATION  SERIAL        BLOCK")?;
+            for m in &self.sdwire {
+                writeln!(
+                    f,
+                    "{:<8}  {:<12}  {}",
+                    m.location,
+                    m.serial.as_deref().unwrap_or("-"),
+                    m.block
+                        .as_deref()
+                        .unwrap_or("- (no card reader under its hub)")
+                )?;
+            }
+        }
         for note in &self.notes {
             writeln!(f, "note: {note}")?;
         }
@@ -365,6 +401,35 @@ mod tests {
         assert_eq!(first.companion.as_deref(), Some("2-1"));
         assert_eq!(first.power[3], (4, Some(false)));
         assert_eq!(first.switching, None);
+    }
+
+    #[test]
+    fn sdwire_muxes_are_listed_with_their_cards_block_device() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = Sysfs::new(root.path());
+        std::fs::create_dir_all(
+            sys.device_dir("1-3")
+                .join("1-3.1/1-3.1:1.0/host2/block/sdq"),
+        )
+        .unwrap();
+        let bus = FakeBus::new();
+        bus.add(FakeDevice::sdwire("1-3.2", "sdw7", true));
+        bus.add(FakeDevice::sdwire("1-6.2", "ft1", false));
+        let listing = discover(&bus, Some(&sys));
+        assert_eq!(
+            listing.sdwire,
+            vec![SdWireRow {
+                location: "1-3.2".into(),
+                serial: Some("sdw7".into()),
+                block: Some("/dev/sdq".into()),
+            }],
+            "a factory FT200X is not listed: any FT200X looks alike"
+        );
+        let text = listing.to_string();
+        assert!(
+            text.contains("SD-Wire muxes") && text.contains("/dev/sdq"),
+            "{text}"
+        );
     }
 
     #[test]
