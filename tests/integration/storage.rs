@@ -96,6 +96,38 @@ fn the_real_client_flashes_and_dumps_native_storage_over_tcp_in_every_encoding()
         "{}",
         exporter.log()
     );
+
+    // And as a user types it: `j mux flash --compression zstd FILE`, then `j mux dump`.
+    let work = tempfile::tempdir().unwrap();
+    let image = crate::support::process::noise(3 << 20, 11);
+    let packed = work.path().join("image.img.zst");
+    let zst = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(zstd_of(&image));
+    std::fs::write(&packed, zst).unwrap();
+    let back = work.path().join("back.img");
+    for args in [
+        vec![
+            "mux",
+            "flash",
+            "--compression",
+            "zstd",
+            packed.to_str().unwrap(),
+        ],
+        vec!["mux", "dump", back.to_str().unwrap()],
+    ] {
+        let mut j = python::command("j");
+        j.args(&args)
+            .env("JUMPSTARTER_HOST", &host)
+            .env("JMP_GRPC_INSECURE", "1")
+            .env("JMP_DRIVERS_ALLOW", "jumpstarter_driver_*");
+        let out = python::output_with_timeout(j, 120);
+        assert!(out.status.success(), "j {args:?}: {out:?}");
+    }
+    assert!(
+        std::fs::read(&back).unwrap() == image,
+        "j's dump is the image j flashed"
+    );
     assert!(!exporter.log().contains("ERROR"), "{}", exporter.log());
 }
 
