@@ -15,6 +15,7 @@ pub struct TestCert {
     cert_der: CertificateDer<'static>,
     key_der: Vec<u8>,
     pem: String,
+    key_pem: String,
 }
 
 impl TestCert {
@@ -33,12 +34,18 @@ impl TestCert {
             cert_der: cert.der().clone(),
             key_der: key.serialize_der(),
             pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 
     /// The certificate in PEM form (also the trust anchor).
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    /// The private key in PEM form, for servers the tests start in other processes.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// A TLS acceptor presenting this certificate, ALPN `h2` only.

@@ -404,6 +404,110 @@ async fn headers_say_what_is_accepted_and_every_misuse_of_a_handle_is_named() {
     }
 }
 
+/// Python's HTTP server on a free loopback port serving `dir`, over TLS with `cert` when
+/// given; killed on drop.
+struct Site {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Site {
+    fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Site {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = "import functools, http.server, ssl, sys\n\
+            port, root = int(sys.argv[1]), sys.argv[2]\n\
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)\n\
+            server = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)\n\
+            if len(sys.argv) > 3:\n    \
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n    \
+                context.load_cert_chain(sys.argv[3], sys.argv[4])\n    \
+                server.socket = context.wrap_socket(server.socket, server_side=True)\n\
+            server.serve_forever()\n";
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg("-c").arg(script).arg(port.to_string()).arg(dir);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 HTTP server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the HTTP server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Site { child, port }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `flash` of an `https://` URL from a server whose certificate only a test CA vouches for:
+/// refused while the exporter does not trust it (verification is on, the error names the
+/// URL), fetched once `SSL_CERT_FILE` names the CA.
+#[test]
+fn an_https_url_is_fetched_only_from_a_server_the_exporter_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let image = site.path().join("image.img");
+    std::fs::write(&image, crate::support::process::noise(1 << 20, 5)).unwrap();
+    let cert = jmp_testkit::tls::TestCert::generate();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pem()).unwrap();
+    let server = Site::start(site.path(), Some((&cert_file, &key_file)));
+    let url = format!("https://127.0.0.1:{}/image.img", server.port);
+    let expected = image.display().to_string();
+
+    let untrusting = Exporter::tcp_with_env(
+        &standalone_config(dir.path()),
+        &["--tls-grpc-insecure"],
+        &[],
+    );
+    let mut cmd = python::command("python");
+    cmd.arg(script())
+        .args(["from_url", "flasher", &url, &expected])
+        .env("JUMPSTARTER_HOST", untrusting.host())
+        .env("JMP_GRPC_INSECURE", "1")
+        .env("JMP_DRIVERS_ALLOW", "jumpstarter_driver_*");
+    let out = python::output_with_timeout(cmd, 120);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown CA must be refused");
+    assert!(
+        stderr.contains("127.0.0.1") && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+    drop(untrusting);
+
+    let cert_path = cert_file.display().to_string();
+    let trusting = Exporter::tcp_with_env(
+        &standalone_config(dir.path()),
+        &["--tls-grpc-insecure"],
+        &[("SSL_CERT_FILE", &cert_path)],
+    );
+    let seen = client(
+        &trusting.host(),
+        "from_url",
+        &["flasher", &url, &expected],
+        &[],
+    );
+    assert_eq!(seen["same"], true, "{seen}\n{}", trusting.log());
+}
+
 /// `flash` of an `http://` URL: the client sends a presigned GET handle and the exporter
 /// fetches the image from the server (Python's own HTTP server, on loopback) into the driver.
 #[test]
@@ -412,33 +516,8 @@ fn a_url_is_fetched_by_the_exporter_itself() {
     let site = tempfile::tempdir().unwrap();
     let image = site.path().join("disk image.img");
     std::fs::write(&image, crate::support::process::noise(3 << 20, 7)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "--directory",
-        ])
-        .arg(site.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the HTTP server never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = Site::start(site.path(), None);
+    let port = server.port;
     let exporter = Exporter::tcp_with_env(
         &standalone_config(dir.path()),
         &["--tls-grpc-insecure"],
@@ -451,8 +530,7 @@ fn a_url_is_fetched_by_the_exporter_itself() {
         let seen = client(&exporter.host(), "from_url", &[path, &url, &expected], &[]);
         assert_eq!(seen["same"], true, "{path}: {seen}\n{}", exporter.log());
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 /// SD-Wire on a simulated mux (`fake:`), its card a file: the real client writes, flashes in
