@@ -557,6 +557,29 @@ mod tests {
         );
     }
 
+    /// The same code paths on real hardware: `JMP_TEST_DUTLINK_SERIAL` picks the board.
+    #[tokio::test]
+    #[ignore = "needs a DUT Link board on this machine's USB, and permission to open it"]
+    async fn a_real_board_switches_power_and_gives_a_reading() {
+        let system = Sysfs::new(sysfs::SYSTEM_ROOT);
+        let power = Power {
+            board: Arc::new(Board {
+                serial: std::env::var("JMP_TEST_DUTLINK_SERIAL").ok(),
+                usb_timeout: Duration::from_secs(20),
+                bus: Arc::new(LibusbBus::new(system)),
+            }),
+            last: Mutex::new(None),
+        };
+        power.call("off", vec![]).await.unwrap();
+        let reading = power
+            .streaming_call("read", vec![])
+            .await
+            .unwrap()
+            .next()
+            .await;
+        assert!(reading.unwrap().unwrap()["voltage"].is_number());
+    }
+
     #[tokio::test]
     async fn a_missing_board_fails_only_the_call_and_names_the_serial() {
         let bus = FakeBus::new();

@@ -592,6 +592,33 @@ mod tests {
         );
     }
 
+    /// The same code paths on real hardware: `JMP_TEST_SDWIRE_SERIAL` picks the mux when there
+    /// are several.
+    #[tokio::test]
+    #[ignore = "needs an SD-Wire with a card on this machine's USB, and permission to open it"]
+    async fn a_real_sdwire_shows_its_card_on_the_host_and_switches_back() {
+        let system = Sysfs::new(sysfs::SYSTEM_ROOT);
+        let m = Arc::new(Mux {
+            serial: std::env::var("JMP_TEST_SDWIRE_SERIAL").ok(),
+            storage_device: None,
+            storage_timeout: Duration::from_secs(10),
+            card: Card {
+                timeout: Duration::from_secs(10),
+                leeway: Duration::ZERO,
+                fsync_timeout: Duration::from_secs(60),
+                roots: Roots::default(),
+            },
+            bus: Arc::new(LibusbBus::new(system.clone())),
+            sysfs: system,
+        });
+        let driver = SdWire { mux: m.clone() };
+        driver.call("host", vec![]).await.unwrap();
+        let device = m.find().unwrap();
+        let card = m.await_storage(&device).await.unwrap();
+        assert!(card.starts_with("/dev"), "{card:?}");
+        driver.call("dut", vec![]).await.unwrap();
+    }
+
     #[test]
     fn a_transfer_cut_short_names_the_bytes_and_the_end() {
         let e = cut_short(
