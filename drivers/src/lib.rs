@@ -45,6 +45,7 @@ pub mod client;
 pub mod composite;
 pub mod gpio;
 pub mod mock;
+pub mod network;
 pub mod power;
 pub mod resource;
 pub mod serial;
@@ -195,6 +196,8 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (mock::MOCK_POWER, mock::power_spec),
     (mock::SYNC_MOCK_POWER, mock::power_spec),
     (mock::ECHO_NETWORK, mock::echo_spec),
+    (network::TCP, network::tcp_spec),
+    (network::UNIX, network::unix_spec),
     (serial::TYPE, serial::spec),
     (usb::hub::TYPE, usb::hub::spec),
     (usb::ykush::TYPE, usb::ykush::spec),

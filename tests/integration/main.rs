@@ -14,6 +14,7 @@ mod gpio;
 mod hooks;
 mod hosted;
 mod load;
+mod network;
 mod python_client;
 mod secrets;
 mod serial;
