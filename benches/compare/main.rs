@@ -31,6 +31,7 @@ mod flash;
 mod lease;
 mod load;
 mod minimal;
+mod network;
 mod profile;
 mod pty;
 mod report;
@@ -63,7 +64,7 @@ fn workspace() -> PathBuf {
 }
 
 /// Whether `JMP_BENCH_ONLY` (a comma-separated list of ours, sustained, pty, python, hosted,
-/// flash, minimal, duel, router; unset means all) asks for this part, to rerun a piece after a change.
+/// flash, network, minimal, duel, router; unset means all) asks for this part, to rerun a piece after a change.
 fn wanted(part: &str) -> bool {
     match std::env::var("JMP_BENCH_ONLY") {
         Ok(only) => only.split(',').any(|p| p.trim() == part),
@@ -158,6 +159,10 @@ fn main() {
             eprintln!("flashing through resource streams, Python client ...");
             results.insert("flash".into(), flash::flash().await);
         }
+        if wanted("network") {
+            eprintln!("TcpNetwork to an echo peer ...");
+            results.insert("network".into(), network::tcp_network().await);
+        }
         if wanted("minimal") {
             let target = minimal().await;
             eprintln!("measuring {} ...", target.name);
@@ -198,6 +203,9 @@ fn main() {
     }
     if results.get("hosted").is_some() && measured("python 0.9.0") {
         report::print_hosted(&results);
+    }
+    if results.get("network").is_some() {
+        report::print_network(&results["network"]);
     }
     if results.get("flash").is_some() {
         report::print_flash(&results["flash"]);

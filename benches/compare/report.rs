@@ -451,3 +451,39 @@ pub(crate) fn print_flash(flash: &Value) {
         );
     }
 }
+
+/// TcpNetwork to an echo peer, under each exporter.
+pub(crate) fn print_network(network: &Value) {
+    let (py, ours) = (&network["python 0.9.0"], &network["jmp-exporter"]);
+    println!(
+        "\n| TcpNetwork to an echo peer | Python 0.9.0 | jmp-exporter | ours/Python | target |"
+    );
+    println!("|---|---:|---:|---:|---|");
+    for (label, key, target) in [
+        ("4 KiB writes (MB/s)", "echo_4096.mb_per_s", "≥ 10×"),
+        ("32 KiB writes (MB/s)", "echo_32768.mb_per_s", "≥ 3×"),
+        (
+            "exporter CPU, 4 KiB (s/GB)",
+            "echo_4096.cpu_s_per_gb",
+            "≤ 0.1×",
+        ),
+        (
+            "exporter CPU, 32 KiB (s/GB)",
+            "echo_32768.cpu_s_per_gb",
+            "≤ 0.1×",
+        ),
+        (
+            "stream open → first byte, p50 (µs)",
+            "echo_4096.first_byte_p50_us",
+            "≤ 0.25×",
+        ),
+    ] {
+        let (a, b) = (get(py, key), get(ours, key));
+        println!(
+            "| {label} | {} | {} | {} | {target} |",
+            show(a),
+            show(b),
+            ratio(b, a)
+        );
+    }
+}
