@@ -46,6 +46,10 @@ pub const PASSPHRASE_HEADER: &str = "x-jumpstarter-passphrase";
 /// Streams one client connection may have open at once (advertised in SETTINGS).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
+/// HTTP/2 receive windows: a stream may hold a quarter of its connection's.
+const STREAM_WINDOW: u32 = 512 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// How long in-flight calls get to finish once the server is told to stop.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -191,6 +195,12 @@ pub fn start(
         let server = tonic::transport::Server::builder()
             // Bounds what one connection can hold open; a `jmp shell` uses a handful.
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            // A resource stream's bytes wait for the driver call that reads them, and that
+            // call comes on the same connection (the client starts sending before it calls):
+            // one stream must never be able to take the whole connection's window, or the
+            // call could not be sent. hyper's defaults give both 1 MiB.
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .layer(InterceptorLayer::new(check))
             .layer(tower::util::MapResponseLayer::new(
                 crate::session::rejection::log,

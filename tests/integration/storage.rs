@@ -347,12 +347,13 @@ async fn headers_say_what_is_accepted_and_every_misuse_of_a_handle_is_named() {
         let (channel, storage, handle) = (channel.clone(), storage.clone(), handle.clone());
         tokio::spawn(async move { call(&channel, &storage, "write", vec![handle]).await })
     };
-    for _ in 0..16 {
+    // 4 MiB: more than HTTP/2's windows and our channel hold, so these sends finish only once
+    // the driver is reading (the call has reached it), and the cut comes mid-upload.
+    for _ in 0..64 {
         tx.send(data_request(bytes::Bytes::from(vec![7u8; 64 * 1024])))
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     drop((tx, rx));
     let cut = tokio::time::timeout(Duration::from_secs(10), writing)
         .await
