@@ -51,7 +51,7 @@ pub async fn write(
     Ok(Json::Null)
 }
 
-/// Streams the whole card at `path` into the dump behind `handle`.
+/// Streams the whole card (or file) at `path` into the dump behind `handle`.
 pub async fn read(
     path: &Path,
     what: &str,

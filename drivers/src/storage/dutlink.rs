@@ -438,7 +438,7 @@ impl Storage {
 #[async_trait]
 impl Driver for Storage {
     fn method(&self, name: &str) -> Option<MethodKind> {
-        matches!(name, "host" | "dut" | "off" | "write" | "read").then_some(MethodKind::Call)
+        super::mux_method(name)
     }
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {

@@ -83,7 +83,7 @@ impl MockStorageMux {
 #[async_trait]
 impl Driver for MockStorageMux {
     fn method(&self, name: &str) -> Option<MethodKind> {
-        matches!(name, "host" | "dut" | "off" | "write" | "read").then_some(MethodKind::Call)
+        super::mux_method(name)
     }
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
@@ -111,7 +111,7 @@ impl Driver for MockStorageMux {
             "read" => {
                 args::expect_count(method, &args, 1)?;
                 let path = self.path()?;
-                read_file(&path, &args[0], resources, "the mock storage").await
+                super::card::read(&path, "the mock storage", &args[0], resources).await
             }
             _ => Err(DriverError::NotImplemented(format!(
                 "{method} is not a method of MockStorageMux"
@@ -218,7 +218,7 @@ impl Driver for MockFlasher {
                         "nothing was flashed to {what} in this session"
                     )));
                 }
-                read_file(&path, &args[0], resources, &what).await
+                super::card::read(&path, &what, &args[0], resources).await
             }
             _ => Err(DriverError::NotImplemented(format!(
                 "{method} is not a method of MockFlasher"
@@ -246,23 +246,5 @@ async fn write_file(
         .await
         .map_err(|(moved, cut)| cut_short("writing", "the upload", what, moved, cut))?;
     tracing::info!(bytes = moved, "wrote {what}");
-    Ok(Json::Null)
-}
-
-/// Streams the file into the dump behind `handle`.
-async fn read_file(
-    path: &std::path::Path,
-    handle: &Json,
-    resources: &dyn Resources,
-    what: &str,
-) -> Result<Json, DriverError> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| DriverError::Failed(format!("cannot open {what} for reading: {e}")))?;
-    let mut sink = resources.open_write(handle).await?;
-    let moved = pump(&mut file, &mut sink)
-        .await
-        .map_err(|(moved, cut)| cut_short("reading", what, "the dump", moved, cut))?;
-    tracing::info!(bytes = moved, "read {what}");
     Ok(Json::Null)
 }

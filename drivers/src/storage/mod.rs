@@ -18,6 +18,12 @@ pub use mock::{
     MOCK_STORAGE_MUX_FLASHER,
 };
 
+/// The calls of upstream's storage-mux interface (`host`, `dut`, `off`, `write`, `read`),
+/// which every mux here exports.
+pub fn mux_method(name: &str) -> Option<crate::MethodKind> {
+    matches!(name, "host" | "dut" | "off" | "write" | "read").then_some(crate::MethodKind::Call)
+}
+
 /// Bytes moved per write: large enough that a file's writes cost little per byte.
 const CHUNK: usize = 1024 * 1024;
 
