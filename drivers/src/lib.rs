@@ -40,6 +40,7 @@
 //! 6. The contract it keeps is the one in the spec (`drivers.md`, the driver family's
 //!    section); differences from upstream are listed in the README.
 
+pub mod access;
 pub mod args;
 pub mod client;
 pub mod composite;

@@ -702,30 +702,17 @@ fn busy_problem(name: &str, path: &Path) -> String {
 }
 
 fn permission_problem(name: &str, path: &Path) -> String {
-    let group = rustix::fs::stat(path)
-        .ok()
-        .and_then(|st| group_name(st.st_gid))
-        .unwrap_or_else(|| "dialout".into());
+    let group = crate::access::owning_group(path, "dialout");
     format!(
         "serial console {name}: permission denied opening {}; add the user the exporter runs as to the group that owns it, `{group}` (usermod -aG {group} USER), then restart the exporter",
         path.display()
     )
 }
 
-/// The name of group `gid`, from /etc/group.
-fn group_name(gid: u32) -> Option<String> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id = fields.nth(1)?;
-        (id.parse::<u32>().ok()? == gid).then(|| name.to_string())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::group_name;
 
     #[test]
     fn open_errors_name_the_device_and_say_what_to_do() {

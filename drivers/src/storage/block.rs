@@ -512,25 +512,11 @@ fn classify(path: &Path, e: io::Error) -> Attempt {
 }
 
 fn permission_problem(path: &Path) -> String {
-    let group = rustix::fs::stat(path)
-        .ok()
-        .and_then(|st| group_name(st.st_gid))
-        .unwrap_or_else(|| "disk".into());
+    let group = crate::access::owning_group(path, "disk");
     format!(
         "permission denied opening {} for writing; add the user the exporter runs as to the group that owns it, `{group}` (usermod -aG {group} USER), then restart the exporter; if it is in that group already, the card may be write-protected",
         path.display()
     )
-}
-
-/// The name of group `gid`, from /etc/group.
-fn group_name(gid: u32) -> Option<String> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id = fields.nth(1)?;
-        (id.parse::<u32>().ok()? == gid).then(|| name.to_string())
-    })
 }
 
 /// Flushes what was written to the card, retrying EIO.
@@ -573,6 +559,7 @@ pub async fn sync(file: &tokio::fs::File, timeout: Duration) -> Result<(), Drive
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::group_name;
 
     /// A fake /proc and /sys in a tempdir, in the kernel's layout: nodes under
     /// sys/devices/virtual/block, partitions inside their disk, sys/dev/block and
