@@ -778,6 +778,19 @@ impl Reader {
                 let config = self.driver_config(&mut entry, node.get("config"), &cpath);
                 match factory(&config, &cpath) {
                     Ok(spec) => {
+                        for (name, what) in spec.required_children() {
+                            if !entry.children.iter().any(|c| c.name == *name) {
+                                self.error(
+                                    &join(path, "children"),
+                                    node.get("children").unwrap_or(node),
+                                    format!("`{type_name}` needs a child named `{name}`: add `children: {{{name}: ...}}` with {what}"),
+                                );
+                            }
+                        }
+                        for (method, help) in spec.methods_description() {
+                            entry.methods_description.retain(|(m, _)| *m != method);
+                            entry.methods_description.push((method, help));
+                        }
                         for (name, child_type, child) in spec.children() {
                             entry.children.push(Entry {
                                 name: name.to_string(),

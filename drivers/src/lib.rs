@@ -50,6 +50,7 @@ pub mod network;
 pub mod power;
 pub mod resource;
 pub mod serial;
+pub mod shell;
 pub mod storage;
 pub mod usb;
 pub mod yaml;
@@ -169,6 +170,18 @@ pub trait DriverSpec: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Help for the driver's methods from its own config (Shell's `description:` keys), added
+    /// to the entry's `methods_description` and taking precedence, as upstream's do.
+    fn methods_description(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Children the config must give this entry, by name, with what each must be (SSHWrapper
+    /// needs `tcp`); a missing one is a config error at the entry.
+    fn required_children(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Called once when the exporter starts serving, for a driver that owns its device for the
     /// life of the process (a serial port whose console is captured). It must not fail: a
     /// device that is absent is the owner's to wait for.
@@ -200,6 +213,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (network::TCP, network::tcp_spec),
     (network::UNIX, network::unix_spec),
     (serial::TYPE, serial::spec),
+    (shell::TYPE, shell::spec),
     (usb::hub::TYPE, usb::hub::spec),
     (usb::ykush::TYPE, usb::ykush::spec),
     (gpio::DIGITAL_OUTPUT, gpio::output_spec),

@@ -62,6 +62,7 @@ const LAB: &str = "export:
     type: acme_lab.driver.Broken
   shell:
     type: jumpstarter_driver_shell.driver.Shell
+    jmp_hosted: true
     config:
       methods:
         hello: 'echo hello $1; echo oops >&2; exit 3'
@@ -190,7 +191,7 @@ fn j_in_a_hook_reaches_hosted_drivers() {
     let config = write(
         dir.path(),
         "exporter.yaml",
-        &format!("{HEADER}hooks:\n  beforeLease:\n    script: j shell hello from-the-hook\n    timeout: 60\nexport:\n  shell:\n    type: jumpstarter_driver_shell.driver.Shell\n    config:\n      methods:\n        hello: 'echo hello $1'\n"),
+        &format!("{HEADER}hooks:\n  beforeLease:\n    script: j shell hello from-the-hook\n    timeout: 60\nexport:\n  shell:\n    type: jumpstarter_driver_shell.driver.Shell\n    jmp_hosted: true\n    config:\n      methods:\n        hello: 'echo hello $1'\n"),
     );
     let path = format!(
         "{}:{}",
