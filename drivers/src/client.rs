@@ -12,3 +12,4 @@ pub const STORAGE_MUX: &str = "jumpstarter_driver_opendal.client.StorageMuxClien
 pub const STORAGE_MUX_FLASHER: &str = "jumpstarter_driver_opendal.client.StorageMuxFlasherClient";
 pub const FLASHER: &str = "jumpstarter_driver_opendal.client.FlasherClient";
 pub const SHELL: &str = "jumpstarter_driver_shell.client.ShellClient";
+pub const SSH_WRAPPER: &str = "jumpstarter_driver_ssh.client.SSHWrapperClient";

@@ -51,6 +51,7 @@ pub mod power;
 pub mod resource;
 pub mod serial;
 pub mod shell;
+pub mod ssh;
 pub mod storage;
 pub mod usb;
 pub mod yaml;
@@ -214,6 +215,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (network::UNIX, network::unix_spec),
     (serial::TYPE, serial::spec),
     (shell::TYPE, shell::spec),
+    (ssh::TYPE, ssh::spec),
     (usb::hub::TYPE, usb::hub::spec),
     (usb::ykush::TYPE, usb::ykush::spec),
     (gpio::DIGITAL_OUTPUT, gpio::output_spec),

@@ -19,6 +19,7 @@ mod python_client;
 mod secrets;
 mod serial;
 mod shell;
+mod ssh;
 mod storage;
 mod systemd;
 mod tunnel;

@@ -80,7 +80,7 @@ fn the_real_client_streams_through_tcp_and_unix_network_drivers() {
     );
     let status = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(refused_stream(&exporter.host()));
+        .block_on(stream_status(&exporter.host(), "closed"));
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains(&format!("127.0.0.1:{closed}")),
@@ -88,14 +88,15 @@ fn the_real_client_streams_through_tcp_and_unix_network_drivers() {
     );
 }
 
-/// The status of a byte stream to the `closed` entry, opened with our own client.
-async fn refused_stream(host: &str) -> tonic::Status {
+/// The status of a byte stream to an entry whose target refuses or never answers, opened
+/// with our own client.
+pub async fn stream_status(host: &str, entry: &str) -> tonic::Status {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let uuid = jmp_testkit::client::driver_uuid(&channel, "closed").await;
+    let uuid = jmp_testkit::client::driver_uuid(&channel, entry).await;
     let (_tx, rx) = tokio::sync::mpsc::channel::<jmp_exporter::proto::StreamRequest>(1);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let target = format!(r#"{{"kind":"driver","uuid":"{uuid}","method":"connect"}}"#);
