@@ -13,6 +13,29 @@ use crate::proto::{FrameType, StreamRequest, StreamResponse};
 /// Largest payload put into one DATA frame.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
+/// A device's bytes as DATA payloads: every read is given a whole payload's room (at most
+/// [`MAX_PAYLOAD`]) and becomes one payload, so a device that reads a datagram or a message at
+/// a time (UDP, websockets) keeps its boundaries.
+pub fn payloads<R>(reader: R) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send
+where
+    R: tokio::io::AsyncRead + Send + 'static,
+{
+    use bytes::BufMut;
+    use tokio::io::AsyncReadExt;
+    let state = (Box::pin(reader), bytes::BytesMut::new(), false);
+    futures::stream::unfold(state, |(mut reader, mut buf, failed)| async move {
+        if failed {
+            return None;
+        }
+        buf.reserve(MAX_PAYLOAD);
+        match reader.read_buf(&mut (&mut buf).limit(MAX_PAYLOAD)).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(buf.split().freeze()), (reader, buf, false))),
+            Err(e) => Some((Err(e), (reader, buf, true))),
+        }
+    })
+}
+
 /// What a received frame means to the byte stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameAction {

@@ -11,7 +11,6 @@ use futures::{Stream, StreamExt};
 use jmp_drivers::{DriverError, MethodKind};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
-use tokio_util::io::ReaderStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -300,7 +299,7 @@ impl RouterService for SessionService {
         let (device_rx, device_tx) = tokio::io::split(io);
         let inbound = tokio::spawn(client_to_device(request.into_inner(), device_tx));
         Ok(Response::new(Box::pin(device_to_client(
-            ReaderStream::with_capacity(device_rx, frame::MAX_PAYLOAD),
+            frame::payloads(device_rx),
             inbound,
         ))))
     }
@@ -372,12 +371,12 @@ impl Drop for AbortOnDrop {
 
 /// Device bytes as DATA frames, then one GOAWAY; the call itself ends only once the client has
 /// finished sending too, so nothing it sends after our GOAWAY is lost.
-fn device_to_client<R>(
-    device: ReaderStream<R>,
+fn device_to_client<S>(
+    device: S,
     inbound: JoinHandle<Result<(), Status>>,
 ) -> impl Stream<Item = Result<StreamResponse, Status>> + Send
 where
-    R: tokio::io::AsyncRead + Send + 'static,
+    S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
 {
     enum Phase {
         Reading,

@@ -37,7 +37,42 @@ def network(client):
     return seen
 
 
-SCENARIOS = {"network": network}
+def boundaries(client):
+    """UDP datagrams and websocket messages keep their boundaries both ways; a TCP half-close
+    reaches the peer, and the peer's close ends the client's stream; the private D-Bus daemon
+    answers the client's authentication."""
+    seen = {}
+    sizes = [1, 100, 1400, 9000, 30000]
+    for entry in ("udp", "ws"):
+        got = []
+        with getattr(client, entry).stream() as s:
+            for n in sizes:
+                s.send(bytes([n % 251]) * n)
+            for n in sizes:
+                data = s.receive()
+                got.append([len(data), data == bytes([n % 251]) * n])
+        seen[entry] = got
+    seen["udp_address"] = client.udp.address()
+    seen["ws_address"] = client.ws.address()
+    with client.halfclose.stream() as s:
+        s.send(b"x" * 1000)
+        s.portal.call(s.stream.send_eof)
+        back = b""
+        try:
+            while True:
+                back += s.receive()
+        except Exception as e:  # the stream's end
+            seen["halfclose_end"] = type(e).__name__
+        seen["halfclose"] = back.decode()
+    seen["bus_class"] = type(client.bus).__name__
+    seen["bus_kind"] = client.bus.kind
+    with client.bus.stream() as s:
+        s.send(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
+        seen["bus"] = s.receive().decode()
+    return seen
+
+
+SCENARIOS = {"network": network, "boundaries": boundaries}
 
 if __name__ == "__main__":
     run(SCENARIOS, sys.argv[1], sys.argv[2:])

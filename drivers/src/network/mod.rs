@@ -1,9 +1,19 @@
 //! Network drivers (`jumpstarter_driver_network`, drivers.md §7): a byte stream to a service
 //! the board offers, and where it is. `TcpNetwork` (`connect`, and `address` as upstream:
 //! `tcp://<ip>:<port>`, the host resolved here, IPv6 in brackets, INVALID_ARGUMENT when
-//! `enable_address` is false) and `UnixNetwork` (`connect`). A target that refuses is
+//! `enable_address` is false) and `UnixNetwork` (`connect`) here; `UdpNetwork`, `VsockNetwork`,
+//! `DbusNetwork` and `WebsocketNetwork` in their own modules. A target that refuses is
 //! UNAVAILABLE and one that never answers is DEADLINE_EXCEEDED after [`CONNECT_TIMEOUT`],
 //! both naming the target (upstream waits for the system's own TCP timeout).
+//!
+//! Half-close, where the transport has one: the client's GOAWAY shuts the write side of the
+//! connection, and the target's end of stream is the client's GOAWAY (the session does both
+//! for every byte stream). UDP and websockets have none, as upstream.
+
+pub mod dbus;
+pub mod udp;
+pub mod vsock;
+pub mod websocket;
 
 use std::time::Duration;
 
@@ -19,17 +29,60 @@ pub const UNIX: &str = "jumpstarter_driver_network.driver.UnixNetwork";
 /// How long a connection may take to be accepted.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn default_true() -> bool {
+pub(super) fn default_true() -> bool {
     true
+}
+
+/// `address` with `enable_address: false` (upstream's message).
+fn address_enabled(enabled: bool) -> Result<(), DriverError> {
+    if enabled {
+        Ok(())
+    } else {
+        Err(DriverError::InvalidArgument(
+            "enable_address mode is not true in the exporter configuration".into(),
+        ))
+    }
+}
+
+/// `<scheme>://<ip>:<port>` as upstream gives it: the host resolved on the exporter (left as
+/// given when it cannot be), IPv6 in brackets.
+async fn address(scheme: &str, host: &str, port: u16) -> String {
+    let ip = match tokio::net::lookup_host((host, port)).await {
+        Ok(mut found) => found.next().map(|a| a.ip().to_string()),
+        Err(_) => None,
+    };
+    let host = ip.unwrap_or_else(|| host.to_string());
+    if host.contains(':') {
+        format!("{scheme}://[{host}]:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
+/// Waits up to [`CONNECT_TIMEOUT`] for a connection to `target`, naming it in the error.
+async fn within_timeout<T>(
+    target: &str,
+    connecting: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, DriverError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(DriverError::Timeout(format!(
+            "{target} did not answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(DriverError::Unavailable(format!(
+            "cannot connect to {target}: {e}"
+        ))),
+        Ok(Ok(io)) => Ok(io),
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TcpConfig {
-    host: String,
-    port: u16,
+pub(super) struct TcpConfig {
+    pub(super) host: String,
+    pub(super) port: u16,
     #[serde(default = "default_true")]
-    enable_address: bool,
+    pub(super) enable_address: bool,
 }
 
 #[derive(Deserialize)]
@@ -38,22 +91,28 @@ struct UnixConfig {
     path: std::path::PathBuf,
 }
 
-pub fn tcp_spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
-    let c: TcpConfig = yaml::from_node(node, path)?;
-    if c.port == 0 {
+/// `host:` and `port:` of TcpNetwork and UdpNetwork.
+fn check_host_port(host: &str, port: u16, node: &Node, path: &str) -> Result<(), yaml::Error> {
+    if port == 0 {
         return Err(yaml::Error::at(
             &yaml::join(path, "port"),
-            node,
+            node.get("port").unwrap_or(node),
             "port 0 is not a port to connect to: give the service's port (1-65535)",
         ));
     }
-    if c.host.trim().is_empty() {
+    if host.trim().is_empty() {
         return Err(yaml::Error::at(
             &yaml::join(path, "host"),
-            node,
+            node.get("host").unwrap_or(node),
             "host is empty: give the board's address or name",
         ));
     }
+    Ok(())
+}
+
+pub fn tcp_spec(node: &Node, path: &str) -> Result<Box<dyn DriverSpec>, yaml::Error> {
+    let c: TcpConfig = yaml::from_node(node, path)?;
+    check_host_port(&c.host, c.port, node, path)?;
     Ok(Box::new(TcpSpec {
         host: c.host,
         port: c.port,
@@ -103,41 +162,22 @@ impl Driver for TcpNetwork {
 
     async fn call(&self, method: &str, args: Vec<Json>) -> Result<Json, DriverError> {
         args::expect_count(method, &args, 0)?;
-        if !self.0.enable_address {
-            return Err(DriverError::InvalidArgument(
-                "enable_address mode is not true in the exporter configuration".into(),
-            ));
-        }
-        let ip = match tokio::net::lookup_host((self.0.host.as_str(), self.0.port)).await {
-            Ok(mut found) => found.next().map(|a| a.ip().to_string()),
-            Err(_) => None,
-        };
-        let host = ip.unwrap_or_else(|| self.0.host.clone());
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        Ok(Json::String(format!("tcp://{host}:{}", self.0.port)))
+        address_enabled(self.0.enable_address)?;
+        Ok(Json::String(
+            address("tcp", &self.0.host, self.0.port).await,
+        ))
     }
 
     async fn connect(&self, _method: &str) -> Result<BoxedIo, DriverError> {
         let target = self.target();
-        let connecting = tokio::net::TcpStream::connect((self.0.host.as_str(), self.0.port));
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Err(_) => Err(DriverError::Timeout(format!(
-                "{target} did not answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-            Ok(Err(e)) => Err(DriverError::Unavailable(format!(
-                "cannot connect to {target}: {e}"
-            ))),
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                tracing::debug!(target = %target, "TCP connection opened");
-                Ok(Box::new(stream))
-            }
-        }
+        let stream = within_timeout(
+            &target,
+            tokio::net::TcpStream::connect((self.0.host.as_str(), self.0.port)),
+        )
+        .await?;
+        let _ = stream.set_nodelay(true);
+        tracing::debug!(target = %target, "TCP connection opened");
+        Ok(Box::new(stream))
     }
 }
 
@@ -172,19 +212,12 @@ impl Driver for UnixNetwork {
 
     async fn connect(&self, _method: &str) -> Result<BoxedIo, DriverError> {
         let path = &self.0.path;
-        let connecting = tokio::net::UnixStream::connect(path);
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Err(_) => Err(DriverError::Timeout(format!(
-                "{} did not answer within {} s",
-                path.display(),
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-            Ok(Err(e)) => Err(DriverError::Unavailable(format!(
-                "cannot connect to {}: {e}",
-                path.display()
-            ))),
-            Ok(Ok(stream)) => Ok(Box::new(stream)),
-        }
+        let stream = within_timeout(
+            &path.display().to_string(),
+            tokio::net::UnixStream::connect(path),
+        )
+        .await?;
+        Ok(Box::new(stream))
     }
 }
 
