@@ -11,3 +11,4 @@ pub const DIGITAL_INPUT: &str = "jumpstarter_driver_gpiod.client.DigitalInputCli
 pub const STORAGE_MUX: &str = "jumpstarter_driver_opendal.client.StorageMuxClient";
 pub const STORAGE_MUX_FLASHER: &str = "jumpstarter_driver_opendal.client.StorageMuxFlasherClient";
 pub const FLASHER: &str = "jumpstarter_driver_opendal.client.FlasherClient";
+pub const SNMP: &str = "jumpstarter_driver_snmp.client.SNMPServerClient";
