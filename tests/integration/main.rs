@@ -18,6 +18,7 @@ mod network;
 mod python_client;
 mod secrets;
 mod serial;
+mod snmp;
 mod storage;
 mod systemd;
 mod tunnel;
