@@ -13,8 +13,10 @@
 //! - The host is resolved at each call (upstream resolves it in its constructor, and a name
 //!   that does not resolve stops the whole exporter).
 //! - Errors name the agent (`SNMP agent <host>:<port>`) and the OID: no answer within `timeout`
-//!   is DEADLINE_EXCEEDED, refused credentials and agent error statuses are UNKNOWN with what to
-//!   check, an unreachable agent is UNAVAILABLE.
+//!   is DEADLINE_EXCEEDED, refused credentials (wrong auth key, unknown user) and agent error
+//!   statuses (notWritable...) are UNKNOWN with what to check, an unresolvable host is
+//!   UNAVAILABLE. A wrong priv_key cannot be told from silence (the agent drops what it cannot
+//!   decrypt), so with privacy the timeout's message names it as a possible cause.
 //! - `auth_key` and `priv_key` are never shown: not in errors, logs or `Debug`.
 //!
 //! ## Config
