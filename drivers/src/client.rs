@@ -14,3 +14,4 @@ pub const FLASHER: &str = "jumpstarter_driver_opendal.client.FlasherClient";
 pub const SHELL: &str = "jumpstarter_driver_shell.client.ShellClient";
 pub const SSH_WRAPPER: &str = "jumpstarter_driver_ssh.client.SSHWrapperClient";
 pub const DBUS_NETWORK: &str = "jumpstarter_driver_network.client.DbusNetworkClient";
+pub const SNMP: &str = "jumpstarter_driver_snmp.client.SNMPServerClient";

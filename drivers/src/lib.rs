@@ -222,6 +222,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (ssh::TYPE, ssh::spec),
     (usb::hub::TYPE, usb::hub::spec),
     (usb::ykush::TYPE, usb::ykush::spec),
+    (power::snmp::TYPE, power::snmp::spec),
     (gpio::DIGITAL_OUTPUT, gpio::output_spec),
     (gpio::DIGITAL_INPUT, gpio::input_spec),
     (gpio::POWER_SWITCH, gpio::power_switch_spec),

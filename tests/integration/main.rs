@@ -20,6 +20,7 @@ mod secrets;
 mod serial;
 mod shell;
 mod ssh;
+mod snmp;
 mod storage;
 mod systemd;
 mod tunnel;

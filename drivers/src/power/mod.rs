@@ -4,6 +4,8 @@
 
 use crate::{args, DriverError, Json, MethodKind};
 
+pub mod snmp;
+
 /// The kinds of the PowerClient methods.
 pub fn method_kind(name: &str) -> Option<MethodKind> {
     match name {
