@@ -217,6 +217,8 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (network::vsock::TYPE, network::vsock::spec),
     (network::dbus::TYPE, network::dbus::spec),
     (network::websocket::TYPE, network::websocket::spec),
+    (power::http::TYPE, power::http::spec),
+    (power::energenie::TYPE, power::energenie::spec),
     (serial::TYPE, serial::spec),
     (shell::TYPE, shell::spec),
     (ssh::TYPE, ssh::spec),

@@ -4,6 +4,8 @@
 
 use crate::{args, DriverError, Json, MethodKind};
 
+pub mod energenie;
+pub mod http;
 pub mod snmp;
 
 /// The kinds of the PowerClient methods.
