@@ -14,6 +14,7 @@ mod gpio;
 mod hooks;
 mod hosted;
 mod http_power;
+mod lease_drivers;
 mod load;
 mod network;
 mod python_client;

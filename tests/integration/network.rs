@@ -119,7 +119,7 @@ pub async fn stream_status(host: &str, entry: &str) -> tonic::Status {
 }
 
 /// A UDP peer that sends every datagram back as it came.
-fn udp_echo() -> u16 {
+pub fn udp_echo() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = socket.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -132,7 +132,7 @@ fn udp_echo() -> u16 {
 }
 
 /// A websocket peer that sends every message back as it came.
-fn ws_echo() -> u16 {
+pub fn ws_echo() -> u16 {
     use futures::{SinkExt, StreamExt};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -165,7 +165,7 @@ fn ws_echo() -> u16 {
 
 /// A TCP peer that reads until the client's half-close, then says how much it got and
 /// closes.
-fn half_close_peer() -> u16 {
+pub fn half_close_peer() -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -180,10 +180,10 @@ fn half_close_peer() -> u16 {
 }
 
 /// A private D-Bus daemon on a socket in `dir`; killed with the guard.
-struct DbusDaemon(std::process::Child);
+pub struct DbusDaemon(std::process::Child);
 
 impl DbusDaemon {
-    fn start(dir: &Path) -> (Self, String) {
+    pub fn start(dir: &Path) -> (Self, String) {
         let socket = dir.join("bus");
         let config = dir.join("bus.conf");
         std::fs::write(
