@@ -163,6 +163,10 @@ fn main() {
             eprintln!("TcpNetwork to an echo peer ...");
             results.insert("network".into(), network::tcp_network().await);
         }
+        if wanted("shell") {
+            eprintln!("Shell, call to first output ...");
+            results.insert("shell".into(), network::shell().await);
+        }
         if wanted("minimal") {
             let target = minimal().await;
             eprintln!("measuring {} ...", target.name);
@@ -175,7 +179,7 @@ fn main() {
             results.insert("duel".into(), duel(&ours_t, &limit).await);
         }
         if wanted("router") {
-            let routed = ours_through_router().await;
+            let routed = ours_through_router(DEMO_EXPORT).await;
             let direct = ours("jmp-exporter", DEMO_EXPORT).await;
             eprintln!("measuring {} (and direct, case by case) ...", routed.name);
             results.insert("tunnel".into(), measure_tunnel(&direct, &routed).await);
@@ -203,6 +207,9 @@ fn main() {
     }
     if results.get("hosted").is_some() && measured("python 0.9.0") {
         report::print_hosted(&results);
+    }
+    if results.get("shell").is_some() {
+        report::print_shell(&results["shell"]);
     }
     if results.get("network").is_some() {
         report::print_network(&results["network"]);

@@ -454,11 +454,15 @@ pub(crate) fn print_flash(flash: &Value) {
 
 /// TcpNetwork to an echo peer, under each exporter.
 pub(crate) fn print_network(network: &Value) {
-    let (py, ours) = (&network["python 0.9.0"], &network["jmp-exporter"]);
-    println!(
-        "\n| TcpNetwork to an echo peer | Python 0.9.0 | jmp-exporter | ours/Python | target |"
+    let (py, ours, routed) = (
+        &network["python 0.9.0"],
+        &network["jmp-exporter"],
+        &network["via router"],
     );
-    println!("|---|---:|---:|---:|---|");
+    println!(
+        "\n| TcpNetwork to an echo peer | Python 0.9.0 | jmp-exporter | ours/Python | via router | routed/Python | target |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|");
     for (label, key, target) in [
         ("4 KiB writes (MB/s)", "echo_4096.mb_per_s", "≥ 10×"),
         ("32 KiB writes (MB/s)", "echo_32768.mb_per_s", "≥ 3×"),
@@ -478,12 +482,29 @@ pub(crate) fn print_network(network: &Value) {
             "≤ 0.25×",
         ),
     ] {
-        let (a, b) = (get(py, key), get(ours, key));
+        let (a, b, c) = (get(py, key), get(ours, key), get(routed, key));
         println!(
-            "| {label} | {} | {} | {} | {target} |",
+            "| {label} | {} | {} | {} | {} | {} | {target} |",
             show(a),
             show(b),
-            ratio(b, a)
+            ratio(b, a),
+            show(c),
+            ratio(c, a)
         );
+    }
+}
+
+/// Shell: call to first output, under each exporter.
+pub(crate) fn print_shell(shell: &Value) {
+    let (py, ours) = (&shell["python 0.9.0"], &shell["jmp-exporter"]);
+    println!("\n| Shell `call_method` (echo, sleep 0.3 s, echo) | Python 0.9.0 | jmp-exporter | ours/Python |");
+    println!("|---|---:|---:|---:|");
+    for (label, key) in [
+        ("call → first output, p50 (ms)", "first_output_p50_ms"),
+        ("call → first output, slowest of 20 (ms)", "first_output_max_ms"),
+        ("whole call, p50 (ms)", "call_p50_ms"),
+    ] {
+        let (a, b) = (get(py, key), get(ours, key));
+        println!("| {label} | {} | {} | {} |", show(a), show(b), ratio(b, a));
     }
 }

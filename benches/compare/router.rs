@@ -79,7 +79,9 @@ pub(crate) fn serve_controller(dir: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let controller = jmp_testkit::FakeController::start(jmp_testkit::Options::default()).await;
-        let export = DEMO_EXPORT.replacen("export:\n", "", 1);
+        // The parent may choose the drivers (JMP_BENCH_EXPORT); the demo's otherwise.
+        let export = std::env::var("JMP_BENCH_EXPORT").unwrap_or_else(|_| DEMO_EXPORT.into());
+        let export = export.replacen("export:\n", "", 1);
         std::fs::write(
             dir.join("exporter.yaml"),
             controller.exporter_config_yaml(&export),
@@ -102,10 +104,11 @@ pub(crate) fn serve_controller(dir: &Path) {
 
 /// jmp-exporter in controller mode, leased, reached through the fake router running in a
 /// process of its own.
-pub(crate) async fn ours_through_router() -> Target {
+pub(crate) async fn ours_through_router(export: &str) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .env("JMP_BENCH_FAKE_CONTROLLER", dir.path())
+        .env("JMP_BENCH_EXPORT", export)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
