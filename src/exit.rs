@@ -14,6 +14,9 @@ pub enum Exit {
 pub const CONFIG_ERROR: u8 = 78;
 /// A hook with `onFailure: exit` took the exporter offline; the unit does not restart on it.
 pub const HOOK_FAILURE: u8 = 1;
+/// EX_TEMPFAIL from sysexits.h: SIGHUP with a good new config drained the exporter, to be
+/// started again with it; the unit restarts on it (and on nothing a clean stop returns).
+pub const RELOAD: u8 = 75;
 /// EX_UNAVAILABLE from sysexits.h: something outside the exporter kept it from serving (an
 /// address or socket path in use); the unit restarts it after a pause.
 pub const UNAVAILABLE: u8 = 69;

@@ -236,6 +236,52 @@ fn raise_fd_limit() {
     }
 }
 
+/// What registering with a controller needs that the config lacks.
+fn controller_keys_missing(config: &config::ExporterConfig) -> Vec<&'static str> {
+    [
+        ("endpoint", config.endpoint.is_none()),
+        ("token", config.token.is_none()),
+        ("metadata.namespace", config.namespace.is_none()),
+        ("metadata.name", config.name.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(key, absent)| absent.then_some(key))
+    .collect()
+}
+
+/// What SIGHUP checks before it lets the exporter go for a restart: everything `run` would
+/// refuse at start with the file as it is now (the YAML, the keys the mode needs, the hosted
+/// classes' imports), so that the restart cannot end in a config error.
+fn reload_check(
+    path: std::path::PathBuf,
+    python: std::path::PathBuf,
+    controller_mode: bool,
+) -> jmp_exporter::signal::ReloadCheck {
+    std::sync::Arc::new(move || {
+        let (path, python) = (path.clone(), python.clone());
+        Box::pin(async move {
+            let loaded = config::load(&path).map_err(|e| {
+                e.errors
+                    .iter()
+                    .map(|e| format!("{}: {e}", path.display()))
+                    .collect::<Vec<_>>()
+            })?;
+            if controller_mode {
+                let missing = controller_keys_missing(&loaded.config);
+                if !missing.is_empty() {
+                    return Err(vec![format!(
+                        "{}: registering with a controller needs {}",
+                        path.display(),
+                        missing.join(", ")
+                    )]);
+                }
+            }
+            // The check's own host (if the config hosts anything) goes when it is dropped.
+            check::start_hosting(&loaded, python).await.map(drop)
+        })
+    })
+}
+
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config_path = match args.source.path() {
         Ok(path) => path,
@@ -270,16 +316,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let controller_mode = tcp.is_none() && args.socket.is_none();
     if controller_mode {
-        let config = &loaded.config;
-        let missing: Vec<&str> = [
-            ("endpoint", config.endpoint.is_none()),
-            ("token", config.token.is_none()),
-            ("metadata.namespace", config.namespace.is_none()),
-            ("metadata.name", config.name.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(key, absent)| absent.then_some(key))
-        .collect();
+        let missing = controller_keys_missing(&loaded.config);
         if !missing.is_empty() {
             eprintln!(
                 "jmp-exporter: {}: registering with a controller needs {} (or serve without one: --socket PATH or --tls-grpc-listener [HOST:]PORT)",
@@ -306,8 +343,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let python = check::python(args.python.path);
+    let check_again = reload_check(config_path.clone(), python.clone(), controller_mode);
+    let mut restart_wanted = false;
     // Each failure carries the exit code that tells systemd whether a restart can help.
-    let ended: Result<Exit, (String, u8)> = runtime.block_on(async move {
+    let ended: Result<Exit, (String, u8)> = runtime.block_on(async {
         // Hosted classes are checked before anything binds; a missing one is a config error.
         let hosting = match check::start_hosting(&loaded, python).await {
             Ok(hosting) => hosting,
@@ -316,19 +355,25 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Err((String::new(), EXIT_CONFIG));
             }
         };
-        let stop = Stop::from_signals();
+        let stop = Stop::from_signals(check_again);
         jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
-        if controller_mode {
-            jmp_exporter::controller::runner::run(loaded.config, hosting, stop)
+        let ended = if controller_mode {
+            jmp_exporter::controller::runner::run(loaded.config, hosting, stop.clone())
                 .await
                 .map_err(|e| (e.to_string(), e.exit_code()))
         } else {
-            standalone::run(loaded.config, hosting, listeners, stop)
+            standalone::run(loaded.config, hosting, listeners, stop.clone())
                 .await
                 .map_err(|e| (e.to_string(), e.exit_code()))
-        }
+        };
+        restart_wanted = stop.restart_wanted();
+        ended
     });
     Ok(match ended {
+        Ok(Exit::Clean) if restart_wanted => {
+            tracing::info!("exiting for the service to start the new config");
+            ExitCode::from(jmp_exporter::exit::RELOAD)
+        }
         Ok(exit) => ExitCode::from(exit.code()),
         Err((message, code)) => {
             if !message.is_empty() {

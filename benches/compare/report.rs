@@ -501,7 +501,10 @@ pub(crate) fn print_shell(shell: &Value) {
     println!("|---|---:|---:|---:|");
     for (label, key) in [
         ("call → first output, p50 (ms)", "first_output_p50_ms"),
-        ("call → first output, slowest of 20 (ms)", "first_output_max_ms"),
+        (
+            "call → first output, slowest of 20 (ms)",
+            "first_output_max_ms",
+        ),
         ("whole call, p50 (ms)", "call_p50_ms"),
     ] {
         let (a, b) = (get(py, key), get(ours, key));

@@ -360,6 +360,7 @@ async fn sighup_lets_the_current_lease_finish_before_stopping() {
     let c = FakeController::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("exporter.yaml");
+    let config_path = config.clone();
     std::fs::write(&config, c.exporter_config_yaml(EXPORT)).unwrap();
     let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
         .await
@@ -367,6 +368,13 @@ async fn sighup_lets_the_current_lease_finish_before_stopping() {
     let lease = c.create_lease().await;
     wait_for_report(&c, ExporterStatus::LeaseReady, "Ready for commands").await;
 
+    // A file with an error first: refused, logged, the lease goes on.
+    let good = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, good.replace("endpoint:", "endpoint: [")).unwrap();
+    exporter.signal("HUP");
+    let refused = tokio::task::block_in_place(|| exporter.wait_for_log("SIGHUP refused"));
+    assert!(refused, "{}", exporter.log());
+    std::fs::write(&config_path, good).unwrap();
     exporter.signal("HUP");
     let (still_running, mut exporter) = tokio::task::spawn_blocking(move || {
         let mut exporter = exporter;
@@ -396,7 +404,7 @@ async fn sighup_lets_the_current_lease_finish_before_stopping() {
         .await
         .unwrap()
         .expect("the exporter stops once the lease has ended");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(75), "the code the unit restarts on");
     let events = c.events();
     let ended = events
         .iter()

@@ -112,11 +112,44 @@ fn sd_notify_ready_status_watchdog_and_stopping_in_order() {
 }
 
 #[test]
-fn sighup_stops_a_standalone_exporter_too() {
-    let mut exporter = Exporter::unix(&config("demo.yaml"));
+fn sighup_refuses_a_broken_config_and_restarts_a_standalone_exporter_on_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exporter.yaml");
+    let good = std::fs::read_to_string(config("demo.yaml")).unwrap();
+    std::fs::write(&file, &good).unwrap();
+    let mut exporter = Exporter::unix(&file);
+
+    // A broken file: every error logged with its path and line, nothing stops.
+    std::fs::write(
+        &file,
+        format!("{good}\n  extra:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {{url: 'loop://', baudrate: fast}}\n"),
+    )
+    .unwrap();
+    exporter.signal("HUP");
+    assert!(
+        exporter.wait_for_log("SIGHUP refused: the config file has 1 error"),
+        "{}",
+        exporter.log()
+    );
+    assert!(
+        exporter
+            .log()
+            .contains("export.extra.config.baudrate (line"),
+        "{}",
+        exporter.log()
+    );
+    assert!(
+        exporter.wait_exit(Duration::from_secs(2)).is_none(),
+        "a broken config stopped the exporter"
+    );
+    let seen = crate::support::python::drive(&exporter.host(), "power", &[]);
+    assert!(!seen.is_null(), "still serving after the refused reload");
+
+    // A good one: the exporter leaves with the code the unit restarts on.
+    std::fs::write(&file, &good).unwrap();
     exporter.signal("HUP");
     let status = exporter
         .wait_exit(Duration::from_secs(10))
         .expect("exporter exits after SIGHUP");
-    assert!(status.success(), "{status:?}\n{}", exporter.log());
+    assert_eq!(status.code(), Some(75), "{status:?}\n{}", exporter.log());
 }
