@@ -164,6 +164,11 @@ pub struct ExporterConfig {
     pub description: Option<String>,
     pub export: Vec<Entry>,
     pub hooks: Hooks,
+    /// `motd:`: a message for the lease's user, in GetReport (a beforeLease hook may add to
+    /// it through `JMP_MOTD_FILE`).
+    pub motd: Option<String>,
+    /// `exitOnLeaseEnd:` (or `run --exit-on-lease-end`): exit once the first lease has ended.
+    pub exit_on_lease_end: bool,
     /// Strict mode, from `run --strict` (never from the YAML, which upstream shares): driver
     /// calls are refused unless a lease is active.
     pub require_lease: bool,
@@ -523,6 +528,11 @@ impl Reader {
             }
         }
         config.description = self.text(root.get("description"), "description");
+        config.motd = self.text(root.get("motd"), "motd");
+        config.exit_on_lease_end = match root.get("exitOnLeaseEnd") {
+            Some(n) => self.boolean(Some(n), "exitOnLeaseEnd", false),
+            None => false,
+        };
         if let Some(hooks) = self.mapping(root.get("hooks"), "hooks") {
             self.warn_unknown_keys(
                 hooks,

@@ -114,6 +114,10 @@ struct RunArgs {
     /// calls") unless a lease is active or a lease hook runs. Upstream 0.9.0 never refuses.
     #[arg(long)]
     strict: bool,
+    /// Exit once the first lease has ended (afterLease hook, OFFLINE and Unregister as at
+    /// SIGTERM), for one-shot runners; the same as `exitOnLeaseEnd: true` in the config.
+    #[arg(long)]
+    exit_on_lease_end: bool,
 }
 
 fn main() -> ExitCode {
@@ -294,6 +298,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
     loaded.config.require_lease = args.strict;
+    loaded.config.exit_on_lease_end |= args.exit_on_lease_end;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(jmp_exporter::session::server::tls_acceptor(cert, key)?),
         _ => None,

@@ -126,7 +126,15 @@ pub async fn run(
         tokio::select! {
             _ = stop.now.cancelled() => break,
             _ = stop.after_lease.cancelled() => break,
-            Some(_) = running.ends.recv() => machine.handle(Event::EndSession),
+            // With exitOnLeaseEnd the session's end is the exporter's: the shutdown below runs
+            // the afterLease hook once.
+            Some(_) = running.ends.recv() => {
+                if config.exit_on_lease_end {
+                    tracing::info!("exitOnLeaseEnd: the session ended, so does the exporter");
+                    break;
+                }
+                machine.handle(Event::EndSession)
+            }
             Some(event) = machine.done.recv() => machine.handle(event),
         }
     }

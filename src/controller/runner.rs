@@ -369,6 +369,12 @@ impl Runner {
             Ok(host) => {
                 span.in_scope(|| tracing::info!("lease started"));
                 systemd::status(&format!("leased: {name}"));
+                if self.config.exit_on_lease_end {
+                    span.in_scope(|| {
+                        tracing::info!("exitOnLeaseEnd: the exporter exits when this lease ends")
+                    });
+                    self.stop.after_lease.cancel();
+                }
                 self.lease = Some(LeaseRun {
                     name,
                     host,

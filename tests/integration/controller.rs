@@ -479,3 +479,58 @@ async fn the_controller_certificate_is_verified_unless_insecure_which_warns_once
         .count();
     assert_eq!(warnings, 1, "{}", trusting.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_on_lease_end_exits_after_the_first_lease_with_its_hook_offline_and_unregister() {
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("after-lease-ran");
+    let config = dir.path().join("exporter.yaml");
+    let yaml = c.exporter_config_yaml(EXPORT).replace(
+        "export:",
+        &format!(
+            "exitOnLeaseEnd: true\nhooks:\n  afterLease:\n    script: touch {}\nexport:",
+            marker.display()
+        ),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let exporter = tokio::task::spawn_blocking(move || Exporter::controller(&config))
+        .await
+        .unwrap();
+    let lease = c.create_lease().await;
+    wait_for_report(&c, ExporterStatus::LeaseReady, "Ready for commands").await;
+    c.end_lease(&lease).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let mut exporter = exporter;
+        let status = exporter.wait_exit(Duration::from_secs(20));
+        (status, exporter.log())
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    let status = status.unwrap_or_else(|| panic!("still running after its lease:\n{log}"));
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(marker.exists(), "the afterLease hook ran: {log}");
+    let events = c.events();
+    let ended = events
+        .iter()
+        .position(|e| matches!(e, Event::LeaseEnded { .. }))
+        .expect("LeaseEnded");
+    let offline = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::ReportStatus {
+                    status: ExporterStatus::Offline,
+                    ..
+                }
+            )
+        })
+        .expect("OFFLINE reported");
+    let unregister = events
+        .iter()
+        .position(|e| matches!(e, Event::Unregister { .. }))
+        .expect("Unregister");
+    assert!(ended < offline && offline < unregister, "{events:#?}");
+}

@@ -153,3 +153,45 @@ fn sighup_refuses_a_broken_config_and_restarts_a_standalone_exporter_on_a_good_o
         .expect("exporter exits after SIGHUP");
     assert_eq!(status.code(), Some(75), "{status:?}\n{}", exporter.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_on_lease_end_ends_a_standalone_exporter_with_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("after-lease-ran");
+    let file = dir.path().join("exporter.yaml");
+    let demo = std::fs::read_to_string(config("demo.yaml")).unwrap();
+    std::fs::write(
+        &file,
+        demo.replacen(
+            "export:",
+            &format!(
+                "hooks:\n  afterLease:\n    script: touch {}\nexport:",
+                marker.display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    let exporter = tokio::task::spawn_blocking(move || {
+        Exporter::unix_with(&file, &["--exit-on-lease-end"], &[])
+    })
+    .await
+    .unwrap();
+    let socket = exporter.host();
+    let io = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let channel = jmp_testkit::client::channel_over(io).await;
+    let ended = jmp_exporter::proto::exporter_service_client::ExporterServiceClient::new(channel)
+        .end_session(jmp_exporter::proto::EndSessionRequest {})
+        .await
+        .expect("EndSession");
+    assert!(ended.into_inner().success);
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let mut exporter = exporter;
+        (exporter.wait_exit(Duration::from_secs(20)), exporter.log())
+    })
+    .await
+    .unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running after its session:\n{log}"));
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(marker.exists(), "the afterLease hook ran once: {log}");
+}
