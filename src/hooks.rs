@@ -55,6 +55,8 @@ pub struct HookContext {
     pub socket: PathBuf,
     pub lease_name: String,
     pub client_name: String,
+    /// Where a beforeLease hook may add to the message of the day (`JMP_MOTD_FILE`).
+    pub motd_file: PathBuf,
 }
 
 /// Why a hook failed; the text is part of the status messages clients see.
@@ -139,6 +141,9 @@ pub async fn run(hook: &Hook, kind: HookKind, ctx: &HookContext) -> Result<(), H
         .env("DEBIAN_FRONTEND", "noninteractive")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env_remove("PS1");
+    if kind == HookKind::BeforeLease {
+        command.env("JMP_MOTD_FILE", &ctx.motd_file);
+    }
     for secret in SECRET_ENV {
         command.env_remove(secret);
     }
@@ -326,6 +331,7 @@ mod tests {
             socket: PathBuf::from("/tmp/hook.sock"),
             lease_name: "lease-1; rm -rf /".into(),
             client_name: "client1".into(),
+            motd_file: PathBuf::from("/tmp/motd"),
         }
     }
 

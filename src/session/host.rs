@@ -90,6 +90,8 @@ impl SessionHost {
         // A driver that cannot reach its device says so at its calls; the session starts.
         tree.reset().await;
         let session = Session::for_lease(exporter_uuid, tree, lease, on_end);
+        let motd_file = runtime_dir.path().join("motd");
+        session.set_motd(config.motd.clone(), Some(motd_file.clone()));
         if config.require_lease {
             session.require_lease();
         }
@@ -121,6 +123,7 @@ impl SessionHost {
     pub fn hook_context(&self, client_name: &str) -> HookContext {
         HookContext {
             socket: self.hook_socket.clone(),
+            motd_file: self.hook_socket.with_file_name("motd"),
             lease_name: self.session.lease_name.clone().unwrap_or_default(),
             client_name: client_name.to_string(),
         }

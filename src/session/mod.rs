@@ -56,7 +56,21 @@ pub struct Session {
     on_end: Option<mpsc::Sender<String>>,
     /// Strict mode: driver calls only while a lease is active (upstream never enforces this).
     lease_gate: AtomicBool,
+    motd: Mutex<Motd>,
 }
+
+/// The message of the day: the config's `motd:`, then what a beforeLease hook wrote to the
+/// file it was given (`JMP_MOTD_FILE`), read at each GetReport.
+#[derive(Default)]
+struct Motd {
+    text: Option<String>,
+    file: Option<std::path::PathBuf>,
+    /// A file that cannot be used is logged once, not at every GetReport.
+    warned: bool,
+}
+
+/// The most a hook may add to the message of the day.
+pub const MOTD_FILE_LIMIT: u64 = 64 * 1024;
 
 impl Session {
     pub fn new(exporter_uuid: Uuid, tree: DriverTree, lease_name: Option<String>) -> Arc<Self> {
@@ -87,6 +101,7 @@ impl Session {
             logs: LogQueue::register(),
             lease_name,
             lease_gate: AtomicBool::new(false),
+            motd: Mutex::default(),
             status: Mutex::new(StatusView {
                 status: ExporterStatus::Available,
                 message: String::new(),
@@ -94,6 +109,54 @@ impl Session {
                 previous: None,
             }),
         })
+    }
+
+    /// Sets the message of the day and the file a hook may add to it.
+    pub fn set_motd(&self, text: Option<String>, file: Option<std::path::PathBuf>) {
+        let mut motd = self.motd.lock().unwrap_or_else(|e| e.into_inner());
+        *motd = Motd {
+            text,
+            file,
+            warned: false,
+        };
+    }
+
+    /// The message of the day as GetReport gives it: the config's, then the hook's addition
+    /// (a regular file of at most [`MOTD_FILE_LIMIT`] bytes; anything else is left out, and
+    /// said once in the log).
+    pub fn motd(&self) -> String {
+        let mut motd = self.motd.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = motd.text.clone().unwrap_or_default();
+        let Some(file) = motd.file.clone() else {
+            return out;
+        };
+        let added = match std::fs::symlink_metadata(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+            Err(e) => Err(e.to_string()),
+            Ok(m) if !m.file_type().is_file() => Err("it is not a regular file".to_string()),
+            Ok(m) if m.len() > MOTD_FILE_LIMIT => Err(format!(
+                "it holds {} bytes, more than {MOTD_FILE_LIMIT}",
+                m.len()
+            )),
+            Ok(_) => std::fs::read(&file)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| e.to_string()),
+        };
+        match added {
+            Ok(text) if !text.is_empty() => {
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                out.push_str(&text);
+            }
+            Ok(_) => {}
+            Err(why) if !motd.warned => {
+                motd.warned = true;
+                tracing::warn!(file = %file.display(), "the hook's addition to the message of the day is left out: {why}");
+            }
+            Err(_) => {}
+        }
+        out
     }
 
     /// Records a status change; the version counts every update, even to the same status.

@@ -125,6 +125,7 @@ impl ExporterService for SessionService {
             labels: Default::default(),
             reports: self.session.tree.reports().to_vec(),
             alternative_endpoints: Vec::new(),
+            motd: self.session.motd(),
         }))
     }
 

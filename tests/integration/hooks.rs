@@ -444,3 +444,85 @@ async fn sigterm_mid_lease_runs_after_lease_then_offline_and_unregister() {
         "{events:#?}"
     );
 }
+
+/// GetReport over the session's Unix socket, with our own client.
+async fn report_over(socket: &str) -> jmp_exporter::proto::GetReportResponse {
+    let io = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let channel = jmp_testkit::client::channel_over(io).await;
+    jmp_exporter::proto::exporter_service_client::ExporterServiceClient::new(channel)
+        .get_report(())
+        .await
+        .expect("GetReport")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn motd_is_in_get_report_with_what_the_before_lease_hook_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(crate::support::exporter::config("demo.yaml")).unwrap();
+    let with_hook = |script: &str| {
+        demo.replacen(
+            "export:",
+            &format!("motd: 'Board 7, ask #lab before flashing'\nhooks:\n  beforeLease:\n    script: '{script}'\nexport:"),
+            1,
+        )
+    };
+    let file = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &file,
+        with_hook(r#"echo "serial on /dev/ttyUSB3" >> "$JMP_MOTD_FILE""#),
+    )
+    .unwrap();
+    let exporter = tokio::task::spawn_blocking(move || Exporter::unix(&file))
+        .await
+        .unwrap();
+    assert!(
+        tokio::task::block_in_place(|| exporter.wait_for_log("beforeLease hook")),
+        "{}",
+        exporter.log()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let motd = loop {
+        let motd = report_over(&exporter.host()).await.motd;
+        if motd.contains("ttyUSB3") || std::time::Instant::now() > deadline {
+            break motd;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        motd,
+        "Board 7, ask #lab before flashing\nserial on /dev/ttyUSB3\n"
+    );
+    // The 0.9.0 client does not know the field and works as before.
+    let host = exporter.host();
+    let seen = tokio::task::spawn_blocking(move || python::drive(&host, "tree", &[]))
+        .await
+        .unwrap();
+    assert!(!seen.is_null());
+    drop(exporter);
+
+    // A hook that writes more than 64 KiB adds nothing, and the log says why.
+    let file = dir.path().join("big.yaml");
+    std::fs::write(
+        &file,
+        with_hook(r#"head -c 70000 /dev/zero | tr "\0" x > "$JMP_MOTD_FILE""#),
+    )
+    .unwrap();
+    let exporter = tokio::task::spawn_blocking(move || Exporter::unix(&file))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let motd = report_over(&exporter.host()).await.motd;
+        assert_eq!(motd, "Board 7, ask #lab before flashing");
+        if exporter.log().contains("left out") || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        exporter.log().contains("more than 65536"),
+        "{}",
+        exporter.log()
+    );
+}
