@@ -202,6 +202,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (serial::TYPE, serial::spec),
     (usb::hub::TYPE, usb::hub::spec),
     (usb::ykush::TYPE, usb::ykush::spec),
+    (power::tasmota::TYPE, power::tasmota::spec),
     (gpio::DIGITAL_OUTPUT, gpio::output_spec),
     (gpio::DIGITAL_INPUT, gpio::input_spec),
     (gpio::POWER_SWITCH, gpio::power_switch_spec),
