@@ -20,5 +20,6 @@ mod secrets;
 mod serial;
 mod storage;
 mod systemd;
+mod tasmota;
 mod tunnel;
 mod usb;
