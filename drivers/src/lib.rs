@@ -225,6 +225,7 @@ pub static BUILTIN: &[(&str, Factory)] = &[
     (usb::hub::TYPE, usb::hub::spec),
     (usb::ykush::TYPE, usb::ykush::spec),
     (power::snmp::TYPE, power::snmp::spec),
+    (power::tasmota::TYPE, power::tasmota::spec),
     (gpio::DIGITAL_OUTPUT, gpio::output_spec),
     (gpio::DIGITAL_INPUT, gpio::input_spec),
     (gpio::POWER_SWITCH, gpio::power_switch_spec),

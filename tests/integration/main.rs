@@ -25,5 +25,6 @@ mod snmp;
 mod ssh;
 mod storage;
 mod systemd;
+mod tasmota;
 mod tunnel;
 mod usb;

@@ -1,12 +1,16 @@
 //! The PowerClient contract every power switch shares (drivers.md §2): `on` and `off` are
 //! calls without arguments, `read` is a streaming call of readings. Switches that cannot
 //! measure answer `read` with a clean "not implemented".
+//!
+//! Network-attached switches live beside it: [`tasmota`] (MQTT plugs, whose `read` is upstream's
+//! plain call returning null).
 
 use crate::{args, DriverError, Json, MethodKind};
 
 pub mod energenie;
 pub mod http;
 pub mod snmp;
+pub mod tasmota;
 
 /// The kinds of the PowerClient methods.
 pub fn method_kind(name: &str) -> Option<MethodKind> {
