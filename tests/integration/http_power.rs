@@ -16,18 +16,18 @@ const HEADER: &str = "apiVersion: jumpstarter.dev/v1alpha1\nkind: ExporterConfig
 
 /// One request as the server saw it.
 #[derive(Clone, Debug, PartialEq)]
-struct Seen {
-    method: String,
-    path: String,
-    auth: Option<String>,
-    body: String,
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub auth: Option<String>,
+    pub body: String,
 }
 
-type Route = fn(&Seen) -> (u16, String);
+pub type Route = fn(&Seen) -> (u16, String);
 
 /// An HTTP/1.1 server on a free loopback port that records every request and answers with
 /// `route`, one connection at a time.
-fn server(route: Route) -> (u16, Arc<Mutex<Vec<Seen>>>) {
+pub fn server(route: Route) -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -77,7 +77,7 @@ fn server(route: Route) -> (u16, Arc<Mutex<Vec<Seen>>>) {
     (port, seen)
 }
 
-fn plug(seen: &Seen) -> (u16, String) {
+pub fn plug(seen: &Seen) -> (u16, String) {
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("admin:plug-pass")

@@ -1,6 +1,7 @@
 //! Issue 18's native drivers through the fake controller and the router, with a lease, as a
 //! lab uses them: `j ssh` to a real sshd and a Shell method inside `jmp shell`, and the
-//! network drivers' boundaries, half-close and D-Bus from the client's own code.
+//! network drivers' boundaries, half-close and D-Bus from the client's own code, and an
+//! HttpPower switch with `j`.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +25,9 @@ async fn ssh_shell_and_network_drivers_work_through_the_router_with_a_lease() {
     let sshd = Sshd::start(dir.path());
     let (udp, ws, half) = (udp_echo(), ws_echo(), half_close_peer());
     let (_daemon, bus) = DbusDaemon::start(dir.path());
+    let (web, web_seen) = crate::http_power::server(crate::http_power::plug);
     let export = format!(
-        "  ssh:\n    type: jumpstarter_driver_ssh.driver.SSHWrapper\n    config: {{default_username: {user}, ssh_identity_file: {key}}}\n    children:\n      tcp:\n        type: jumpstarter_driver_network.driver.TcpNetwork\n        config: {{host: 127.0.0.1, port: {port}}}\n  sh:\n    type: jumpstarter_driver_shell.driver.Shell\n    config:\n      methods:\n        greet: 'echo \"hello $1 from $0\"'\n  udp:\n    type: jumpstarter_driver_network.driver.UdpNetwork\n    config: {{host: 127.0.0.1, port: {udp}}}\n  ws:\n    type: jumpstarter_driver_network.driver.WebsocketNetwork\n    config: {{url: 'ws://127.0.0.1:{ws}/echo'}}\n  halfclose:\n    type: jumpstarter_driver_network.driver.TcpNetwork\n    config: {{host: 127.0.0.1, port: {half}}}\n  bus:\n    type: jumpstarter_driver_network.driver.DbusNetwork\n    config: {{kind: session}}\n",
+        "  ssh:\n    type: jumpstarter_driver_ssh.driver.SSHWrapper\n    config: {{default_username: {user}, ssh_identity_file: {key}}}\n    children:\n      tcp:\n        type: jumpstarter_driver_network.driver.TcpNetwork\n        config: {{host: 127.0.0.1, port: {port}}}\n  sh:\n    type: jumpstarter_driver_shell.driver.Shell\n    config:\n      methods:\n        greet: 'echo \"hello $1 from $0\"'\n  udp:\n    type: jumpstarter_driver_network.driver.UdpNetwork\n    config: {{host: 127.0.0.1, port: {udp}}}\n  ws:\n    type: jumpstarter_driver_network.driver.WebsocketNetwork\n    config: {{url: 'ws://127.0.0.1:{ws}/echo'}}\n  halfclose:\n    type: jumpstarter_driver_network.driver.TcpNetwork\n    config: {{host: 127.0.0.1, port: {half}}}\n  bus:\n    type: jumpstarter_driver_network.driver.DbusNetwork\n    config: {{kind: session}}\n  plug:\n    type: jumpstarter_driver_http_power.driver.HttpPower\n    config:\n      power_on: {{url: 'http://127.0.0.1:{web}/on', method: POST, data: 'turn=on'}}\n      power_off: {{url: 'http://127.0.0.1:{web}/off'}}\n      auth: {{basic: {{user: admin, password: plug-pass}}}}\n",
         user = sshd.user,
         key = sshd.key.display(),
         port = sshd.port,
@@ -67,6 +69,19 @@ async fn ssh_shell_and_network_drivers_work_through_the_router_with_a_lease() {
         String::from_utf8_lossy(&out.stdout).contains("hello lab from greet"),
         "j sh in jmp shell: {out:?}"
     );
+
+    let config = client_config.clone();
+    let out = tokio::task::spawn_blocking(move || python::jmp_shell(&config, &["j", "plug", "on"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "j plug on in jmp shell: {out:?}");
+    let paths: Vec<(String, String)> = web_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect();
+    assert_eq!(paths, vec![("POST".to_string(), "/on".to_string())]);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/network_client.py");
     let seen = tokio::task::spawn_blocking(move || {
