@@ -626,3 +626,73 @@ async fn zstd_of(data: &[u8]) -> Vec<u8> {
     z.shutdown().await.unwrap();
     z.into_inner()
 }
+
+/// A tmpfs of `size` mounted on a fresh directory for the life of the guard: a card that fills
+/// up (CI runs as root, as the package check does; a machine that cannot mount fails the test
+/// saying so, never skips it).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the test needs root, as CI has)"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_card_that_fills_up_fails_the_flash_naming_the_device_and_the_driver_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount("1m");
+    let card = disk.dir.path().join("card.img");
+    std::fs::write(&card, b"").unwrap();
+    let log = dir.path().join("usb.log");
+    let export = format!(
+        "export:\n  sdwire:\n    type: jumpstarter_driver_sdwire.driver.SDWire\n    config:\n      storage_device: {}\n      storage_leeway: 0\n      fake: {{log: {}}}\n",
+        card.display(),
+        log.display()
+    );
+    let config = write(dir.path(), "exporter.yaml", &format!("{HEADER}{export}"));
+    let exporter = Exporter::tcp_with_env(&config, &["--tls-grpc-insecure"], &[]);
+    let seen = client(&exporter.host(), "overfill", &["sdwire", "4"], &[]);
+    let error = seen["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("4 MiB fit on 1 MiB: {seen}"));
+    assert!(
+        error.contains(&card.display().to_string()),
+        "the error names the card: {error}\n{}",
+        exporter.log()
+    );
+    assert!(
+        error.to_lowercase().contains("space"),
+        "the error says why: {error}"
+    );
+    assert_eq!(seen["after"], "answered", "{seen}");
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        requests
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains("40 0b 20f0"),
+        "the mux is back on the board side after the failed write:\n{requests}"
+    );
+}

@@ -153,7 +153,30 @@ def bench_flash(client, path, image, compression=""):
     return {"seconds": seconds, "client_cpu_s": cpu}
 
 
-SCENARIOS = {"storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url, "dutlink": dutlink, "bench_flash": bench_flash}
+def overfill(client, path, mib):
+    """Writes MIB MiB to a card too small for it: the error the client gets, then whether the
+    same driver still answers."""
+    target = target_of(client, path)
+    data = os.urandom(int(mib) << 20)
+    seen = {}
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "in.img")
+        with open(src, "wb") as f:
+            f.write(data)
+        try:
+            target.write_local_file(src)
+            seen["error"] = None
+        except BaseException as e:
+            text = f"{type(e).__name__}: {e}"
+            for inner in getattr(e, "exceptions", ()):
+                text += " | " + str(inner)
+            seen["error"] = text
+    target.dut()
+    seen["after"] = "answered"
+    return seen
+
+
+SCENARIOS = {"overfill": overfill, "storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url, "dutlink": dutlink, "bench_flash": bench_flash}
 
 if __name__ == "__main__":
     run(SCENARIOS, sys.argv[1], sys.argv[2:])
