@@ -419,9 +419,27 @@ impl Site {
             .local_addr()
             .unwrap()
             .port();
-        let script = "import functools, http.server, ssl, sys\n\
+        let script = "import functools, http.server, os, ssl, sys\n\
             port, root = int(sys.argv[1]), sys.argv[2]\n\
-            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)\n\
+            class Handler(http.server.SimpleHTTPRequestHandler):\n    \
+                def do_PUT(self):\n        \
+                    if self.headers.get('Transfer-Encoding', '').lower() == 'chunked':\n            \
+                        data = b''\n            \
+                        while True:\n                \
+                            size = int(self.rfile.readline().strip(), 16)\n                \
+                            if size == 0:\n                    \
+                                self.rfile.readline()\n                    \
+                                break\n                \
+                            data += self.rfile.read(size)\n                \
+                            self.rfile.readline()\n        \
+                    else:\n            \
+                        data = self.rfile.read(int(self.headers.get('Content-Length', 0)))\n        \
+                    with open(os.path.join(root, self.path.lstrip('/')), 'wb') as f:\n            \
+                        f.write(data)\n        \
+                    self.send_response(201)\n        \
+                    self.send_header('Content-Length', '0')\n        \
+                    self.end_headers()\n\
+            handler = functools.partial(Handler, directory=root)\n\
             server = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)\n\
             if len(sys.argv) > 3:\n    \
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n    \
@@ -531,6 +549,33 @@ fn a_url_is_fetched_by_the_exporter_itself() {
         let seen = client(&exporter.host(), "from_url", &[path, &url, &expected], &[]);
         assert_eq!(seen["same"], true, "{path}: {seen}\n{}", exporter.log());
     }
+    drop(server);
+}
+
+#[test]
+fn a_dump_to_a_url_is_put_by_the_exporter_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.img");
+    let data = crate::support::process::noise(3 << 20, 11);
+    std::fs::write(&image, &data).unwrap();
+    let server = Site::start(site.path(), None);
+    let exporter = Exporter::tcp_with_env(
+        &standalone_config(dir.path()),
+        &["--tls-grpc-insecure"],
+        &[],
+    );
+    let url = format!("http://127.0.0.1:{}/dumped.img", server.port);
+    let seen = client(
+        &exporter.host(),
+        "to_url",
+        &["flasher", &url, &image.display().to_string()],
+        &[],
+    );
+    assert_eq!(seen["dumped"], true, "{seen}");
+    let put = std::fs::read(site.path().join("dumped.img")).unwrap_or_default();
+    assert_eq!(put.len(), data.len(), "{}", exporter.log());
+    assert!(put == data, "the PUT body is the flashed image");
     drop(server);
 }
 

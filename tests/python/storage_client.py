@@ -119,6 +119,19 @@ def from_url(client, path, url, expected):
             return {"same": f.read() == g.read()}
 
 
+def to_url(client, path, url, image):
+    """flash of a local file, then a dump into a presigned PUT: the exporter uploads the
+    device's contents itself. (0.9.0's opendal FlasherClient cannot dump to a URL: its opendal
+    HTTP operator has no write; the handle is the one 0.9.0's generic flasher client sends.)"""
+    from jumpstarter.common.resources import PresignedRequestResource
+
+    target = target_of(client, path)
+    target.flash(image)
+    handle = PresignedRequestResource(headers={}, url=url, method="PUT").model_dump(mode="json")
+    target.call("dump", handle, None)
+    return {"dumped": True}
+
+
 def dutlink(client, path="dutlink"):
     """DUT Link's three children as upstream's client builds them: power (a reading from
     the streaming `read`), storage (an image written and read back), console (an echo)."""
@@ -176,7 +189,7 @@ def overfill(client, path, mib):
     return seen
 
 
-SCENARIOS = {"overfill": overfill, "storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url, "dutlink": dutlink, "bench_flash": bench_flash}
+SCENARIOS = {"overfill": overfill, "storage": storage, "compressed": compressed, "dumps": dumps, "flasher": flasher, "from_url": from_url, "to_url": to_url, "dutlink": dutlink, "bench_flash": bench_flash}
 
 if __name__ == "__main__":
     run(SCENARIOS, sys.argv[1], sys.argv[2:])
