@@ -107,7 +107,17 @@ pub fn outcome(
     };
     async move {
         match &hook {
-            Some(hook) => run(hook, kind, &ctx).await.map_err(|e| e.to_string()),
+            Some(hook) => {
+                let ran = run(hook, kind, &ctx).await;
+                let outcome = match &ran {
+                    Ok(()) => "success",
+                    Err(HookFailure::ExitCode(_)) => "failed",
+                    Err(HookFailure::TimedOut(_)) => "timed_out",
+                    Err(HookFailure::Error(_)) => "error",
+                };
+                crate::metrics::get().hook(kind.name(), outcome);
+                ran.map_err(|e| e.to_string())
+            }
             None => Ok(()),
         }
     }

@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod hooks;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod proto;
 pub mod session;
 pub mod signal;

@@ -118,6 +118,10 @@ struct RunArgs {
     /// SIGTERM), for one-shot runners; the same as `exitOnLeaseEnd: true` in the config.
     #[arg(long)]
     exit_on_lease_end: bool,
+    /// Serve Prometheus metrics on `GET /metrics` at [HOST:]PORT (a fixed port; off when not
+    /// given). A port that cannot be bound is logged and the exporter goes on without them.
+    #[arg(long, env = "JMP_METRICS_LISTEN", value_name = "[HOST:]PORT")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -319,6 +323,17 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let metrics_addr = match &args.metrics_listen {
+        Some(addr) => match jmp_exporter::session::server::parse_listen_addr(addr) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("jmp-exporter: --metrics-listen: {e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+        None => None,
+    };
+    jmp_exporter::metrics::init(loaded.config.name.as_deref().unwrap_or("unknown"));
     let controller_mode = tcp.is_none() && args.socket.is_none();
     if controller_mode {
         let missing = controller_keys_missing(&loaded.config);
@@ -362,6 +377,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let stop = Stop::from_signals(check_again);
         jmp_exporter::systemd::spawn_watchdog(stop.now.clone());
+        if let Some(addr) = metrics_addr {
+            tokio::spawn(jmp_exporter::metrics::server::serve(addr, stop.now.clone()));
+        }
+        jmp_exporter::metrics::watch_devices(&loaded.config, stop.now.clone());
         let ended = if controller_mode {
             jmp_exporter::controller::runner::run(loaded.config, hosting, stop.clone())
                 .await

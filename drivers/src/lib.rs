@@ -183,6 +183,12 @@ pub trait DriverSpec: Send + Sync + 'static {
         &[]
     }
 
+    /// Whether the device is there now, for the metrics (`None`: nothing to tell, no device or
+    /// one that cannot be looked at cheaply). Must not open or change the device.
+    fn device_present(&self) -> Option<bool> {
+        None
+    }
+
     /// Called once when the exporter starts serving, for a driver that owns its device for the
     /// life of the process (a serial port whose console is captured). It must not fail: a
     /// device that is absent is the owner's to wait for.

@@ -100,6 +100,7 @@ impl Reporter {
     }
 
     pub fn report(&self, status: ExporterStatus, message: String) {
+        crate::metrics::get().status(crate::session::status_name(status));
         if let Ok(mut q) = self.queue.0.lock() {
             if q.len() == PENDING_REPORTS {
                 q.pop_front();

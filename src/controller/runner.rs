@@ -231,6 +231,11 @@ impl Runner {
                     continue;
                 }
                 Step::Link(Progress::Registered(Ok(()))) => {
+                    let metrics = crate::metrics::get();
+                    if registered {
+                        metrics.controller_reconnected();
+                    }
+                    metrics.controller_answered();
                     registered = true;
                     warned = false;
                     let endpoint = self.link.endpoint.clone();
@@ -253,10 +258,13 @@ impl Runner {
                     continue;
                 }
                 Step::Link(Progress::StatusOpened(Ok(stream))) => {
+                    crate::metrics::get().controller_connected(true);
+                    crate::metrics::get().controller_answered();
                     phase = Phase::Following(Box::new(stream));
                     continue;
                 }
                 Step::Link(Progress::Message(Ok(Some(message)))) => {
+                    crate::metrics::get().controller_answered();
                     backoff.reset();
                     let StatusResponse {
                         leased,
@@ -277,6 +285,7 @@ impl Runner {
                 }
                 Step::Link(Progress::Message(Err(status))) => status.into(),
             };
+            crate::metrics::get().controller_connected(false);
             tracing::warn!(error = %lost, "lost the controller's Status stream; reconnecting");
             systemd::status("reconnecting to the controller");
             phase = Phase::Waiting(Box::pin(tokio::time::sleep(backoff.next_delay())));
@@ -368,6 +377,7 @@ impl Runner {
         match started {
             Ok(host) => {
                 span.in_scope(|| tracing::info!("lease started"));
+                crate::metrics::get().lease("started");
                 systemd::status(&format!("leased: {name}"));
                 if self.config.exit_on_lease_end {
                     span.in_scope(|| {
@@ -488,6 +498,7 @@ impl Runner {
         let span = run.span.clone();
         run.host.end().instrument(span.clone()).await;
         span.in_scope(|| tracing::info!("lease ended"));
+        crate::metrics::get().lease("ended");
         if !self.stop.now.is_cancelled() {
             systemd::status("available");
         }

@@ -161,6 +161,7 @@ impl Session {
 
     /// Records a status change; the version counts every update, even to the same status.
     pub fn set_status(&self, status: ExporterStatus, message: &str) {
+        crate::metrics::get().status(status_name(status));
         if let Ok(mut view) = self.status.lock() {
             view.previous = Some(view.status);
             view.status = status;

@@ -74,6 +74,23 @@ pub struct Conn {
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The connection's place among its listener's established ones, freed with it.
     _slot: Option<Slot>,
+    _counted: ActiveSession,
+}
+
+/// A connection in `jumpstarter_active_sessions`, for as long as it lives.
+struct ActiveSession;
+
+impl ActiveSession {
+    fn new() -> Self {
+        crate::metrics::get().session_opened();
+        ActiveSession
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        crate::metrics::get().session_closed();
+    }
 }
 
 impl Conn {
@@ -84,6 +101,7 @@ impl Conn {
             session_end: session_end.clone(),
             closed: Box::pin(session_end.clone().cancelled_owned()),
             _slot: None,
+            _counted: ActiveSession::new(),
         }
     }
 

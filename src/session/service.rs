@@ -134,28 +134,12 @@ impl ExporterService for SessionService {
         request: Request<DriverCallRequest>,
     ) -> Result<Response<DriverCallResponse>, Status> {
         let req = request.into_inner();
+        let started = std::time::Instant::now();
         let driver = self.lookup(&req.uuid, &req.method, MethodKind::Call)?;
-        if let Some(hosted) = driver.hosted() {
-            return hosted.driver_call(req).await;
-        }
-        let args = req.args.into_iter().map(value::to_json).collect();
-        let span = tracing::debug_span!("call", driver = %req.uuid, method = %req.method);
-        let resources = Scoped {
-            registry: self.session.resources.clone(),
-            driver: Uuid::parse_str(&req.uuid).unwrap_or_default(),
-        };
-        let result = driver
-            .call(&req.method, args, &resources)
-            .instrument(span)
-            .await
-            .map_err(|e| {
-                tracing::debug!(method = %req.method, error = %e, "driver call failed");
-                status_of(e)
-            })?;
-        Ok(Response::new(DriverCallResponse {
-            uuid: Uuid::new_v4().to_string(),
-            result: Some(value::from_json(result)),
-        }))
+        let (method, kind) = (req.method.clone(), driver.type_name.clone());
+        let answer = self.call_driver(driver, req).await;
+        record(&method, &kind, started, answer.as_ref().err());
+        answer
     }
 
     type StreamingDriverCallStream = BoxStream<StreamingDriverCallResponse>;
@@ -165,23 +149,12 @@ impl ExporterService for SessionService {
         request: Request<StreamingDriverCallRequest>,
     ) -> Result<Response<Self::StreamingDriverCallStream>, Status> {
         let req = request.into_inner();
+        let started = std::time::Instant::now();
         let driver = self.lookup(&req.uuid, &req.method, MethodKind::Streaming)?;
-        if let Some(hosted) = driver.hosted() {
-            return Ok(Response::new(hosted.streaming_driver_call(req).await?));
-        }
-        let args = req.args.into_iter().map(value::to_json).collect();
-        let results = driver
-            .streaming_call(&req.method, args)
-            .await
-            .map_err(status_of)?;
-        let responses = results.map(|item| {
-            item.map(|json| StreamingDriverCallResponse {
-                uuid: Uuid::new_v4().to_string(),
-                result: Some(value::from_json(json)),
-            })
-            .map_err(status_of)
-        });
-        Ok(Response::new(Box::pin(responses)))
+        let (method, kind) = (req.method.clone(), driver.type_name.clone());
+        let answer = self.streaming_driver(driver, req).await;
+        record(&method, &kind, started, answer.as_ref().err());
+        answer
     }
 
     type LogStreamStream = BoxStream<LogStreamResponse>;
@@ -222,6 +195,93 @@ impl ExporterService for SessionService {
             success,
             message: Some(message.to_string()),
         }))
+    }
+}
+
+impl SessionService {
+    async fn call_driver(
+        &self,
+        driver: DriverRef,
+        req: DriverCallRequest,
+    ) -> Result<Response<DriverCallResponse>, Status> {
+        if let Some(hosted) = driver.hosted() {
+            return hosted.driver_call(req).await;
+        }
+        let args = req.args.into_iter().map(value::to_json).collect();
+        let span = tracing::debug_span!("call", driver = %req.uuid, method = %req.method);
+        let resources = Scoped {
+            registry: self.session.resources.clone(),
+            driver: Uuid::parse_str(&req.uuid).unwrap_or_default(),
+        };
+        let result = driver
+            .call(&req.method, args, &resources)
+            .instrument(span)
+            .await
+            .map_err(|e| {
+                tracing::debug!(method = %req.method, error = %e, "driver call failed");
+                status_of(e)
+            })?;
+        Ok(Response::new(DriverCallResponse {
+            uuid: Uuid::new_v4().to_string(),
+            result: Some(value::from_json(result)),
+        }))
+    }
+
+    async fn streaming_driver(
+        &self,
+        driver: DriverRef,
+        req: StreamingDriverCallRequest,
+    ) -> Result<Response<BoxStream<StreamingDriverCallResponse>>, Status> {
+        if let Some(hosted) = driver.hosted() {
+            return Ok(Response::new(hosted.streaming_driver_call(req).await?));
+        }
+        let args = req.args.into_iter().map(value::to_json).collect();
+        let results = driver
+            .streaming_call(&req.method, args)
+            .await
+            .map_err(status_of)?;
+        let responses = results.map(|item| {
+            item.map(|json| StreamingDriverCallResponse {
+                uuid: Uuid::new_v4().to_string(),
+                result: Some(value::from_json(json)),
+            })
+            .map_err(status_of)
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// One driver operation in the metrics.
+fn record(method: &str, driver_type: &str, started: std::time::Instant, error: Option<&Status>) {
+    crate::metrics::get().operation(
+        method,
+        driver_type,
+        started.elapsed(),
+        error.map(|s| code_name(s.code())),
+    );
+}
+
+/// A gRPC code as the protocol names it (`UNAVAILABLE`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -290,19 +350,36 @@ impl RouterService for SessionService {
                 return Ok(response);
             }
         };
+        let started = std::time::Instant::now();
         let driver = self.lookup(&uuid, &method, MethodKind::ByteStream)?;
+        let kind = driver.type_name.clone();
         if let Some(hosted) = driver.hosted() {
             let metadata = request.metadata().clone();
-            return hosted.stream(&metadata, request.into_inner()).await;
+            let answer = hosted.stream(&metadata, request.into_inner()).await;
+            record(&method, &kind, started, answer.as_ref().err());
+            return answer;
         }
-        let io = driver.connect(&method).await.map_err(status_of)?;
+        let io = match driver.connect(&method).await.map_err(status_of) {
+            Ok(io) => io,
+            Err(status) => {
+                record(&method, &kind, started, Some(&status));
+                return Err(status);
+            }
+        };
+        record(&method, &kind, started, None);
         tracing::debug!(driver = %uuid, method = %method, "byte stream opened");
         let (device_rx, device_tx) = tokio::io::split(io);
-        let inbound = tokio::spawn(client_to_device(request.into_inner(), device_tx));
-        Ok(Response::new(Box::pin(device_to_client(
-            frame::payloads(device_rx),
-            inbound,
-        ))))
+        let inbound = tokio::spawn(client_to_device(
+            request.into_inner(),
+            device_tx,
+            kind.clone(),
+        ));
+        let counted = frame::payloads(device_rx).inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                crate::metrics::get().stream_bytes(&kind, "tx", bytes.len() as u64);
+            }
+        });
+        Ok(Response::new(Box::pin(device_to_client(counted, inbound))))
     }
 }
 
@@ -313,11 +390,13 @@ impl RouterService for SessionService {
 async fn client_to_device(
     mut inbound: Streaming<StreamRequest>,
     mut device: impl tokio::io::AsyncWrite + Unpin,
+    driver_type: Arc<str>,
 ) -> Result<(), Status> {
     let result = loop {
         match inbound.message().await {
             Ok(Some(frame)) => match frame::classify(frame.frame_type, frame.payload) {
                 FrameAction::Payload(bytes) => {
+                    crate::metrics::get().stream_bytes(&driver_type, "rx", bytes.len() as u64);
                     if let Err(e) = device.write_all(&bytes).await {
                         // The client must learn that these bytes did not reach the device.
                         tracing::warn!(error = %e, "byte stream: writing to the device failed");

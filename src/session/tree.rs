@@ -48,6 +48,8 @@ struct Planned {
     uuid: Uuid,
     /// Dotted entry name (`dut.power`), for messages.
     name: Arc<str>,
+    /// The entry's `type:` (the metrics' `driver_type`).
+    type_name: Arc<str>,
     build: Build,
 }
 
@@ -88,6 +90,7 @@ impl Layout {
         let mut planned = vec![Planned {
             uuid: root,
             name: ROOT_NAME.into(),
+            type_name: composite::TYPE.into(),
             build: Build::Native(Arc::new(composite::Composite)),
         }];
 
@@ -141,9 +144,16 @@ impl Layout {
                 methods_description: p.target.methods_description.iter().cloned().collect(),
             });
             if p.own {
+                let type_name: Arc<str> = match &p.target.kind {
+                    EntryKind::Driver { type_name, .. } | EntryKind::Hosted { type_name, .. } => {
+                        type_name.as_str().into()
+                    }
+                    EntryKind::Proxy { .. } => "".into(),
+                };
                 planned.push(Planned {
                     uuid,
                     name: p.placed.dotted().into(),
+                    type_name,
                     build,
                 });
             }
@@ -202,6 +212,8 @@ enum Slot {
 pub struct DriverRef {
     /// Dotted entry name (`dut.power`).
     pub name: Arc<str>,
+    /// The entry's `type:`.
+    pub type_name: Arc<str>,
     slot: Slot,
 }
 
@@ -367,7 +379,14 @@ impl DriverTree {
                 },
                 Build::Hosted => hosted_slot(&p.name, hosted.as_ref()),
             };
-            drivers.insert(p.uuid, DriverRef { name: p.name, slot });
+            drivers.insert(
+                p.uuid,
+                DriverRef {
+                    name: p.name,
+                    type_name: p.type_name,
+                    slot,
+                },
+            );
             order.push(p.uuid);
         }
         if let Some(hosted) = &hosted {

@@ -16,6 +16,7 @@ mod hosted;
 mod http_power;
 mod lease_drivers;
 mod load;
+mod metrics;
 mod network;
 mod python_client;
 mod secrets;

@@ -102,6 +102,14 @@ pub struct GpioSpec {
 }
 
 impl DriverSpec for GpioSpec {
+    fn device_present(&self) -> Option<bool> {
+        match &self.line.chip {
+            Some(chip::ChipRef::Path(path)) => Some(std::path::Path::new(path).exists()),
+            // A label is found by opening chips: not a cheap look.
+            _ => None,
+        }
+    }
+
     fn client(&self) -> &'static str {
         match self.kind {
             Kind::DigitalOutput => crate::client::DIGITAL_OUTPUT,

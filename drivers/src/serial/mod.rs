@@ -54,6 +54,13 @@ struct SerialSpec {
 }
 
 impl DriverSpec for SerialSpec {
+    fn device_present(&self) -> Option<bool> {
+        match &self.config.target {
+            Target::Device(path) => Some(path.exists()),
+            Target::Loop | Target::Socket { .. } => None,
+        }
+    }
+
     fn client(&self) -> &'static str {
         crate::client::PYSERIAL
     }

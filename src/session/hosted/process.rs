@@ -271,6 +271,7 @@ impl HostProcess {
                     return false;
                 }
                 tracing::warn!(target: LOG_TARGET, "the Python driver host for {entries} {why}; its drivers answer UNAVAILABLE until the next lease");
+                crate::metrics::get().host_restarted();
                 *dead = Some(why);
                 true
             });
@@ -297,6 +298,7 @@ impl HostProcess {
                 let why = format!("stopped answering for {HANG_AFTER:?} and was killed");
                 tracing::warn!(target: LOG_TARGET, "the Python driver host for {} {why}", self.entries);
                 self.dead_tx.send_replace(Some(why));
+                crate::metrics::get().host_restarted();
                 self.kill().await;
                 return;
             }

@@ -324,7 +324,10 @@ where
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.chunks).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.chunks).poll_read(cx, buf);
+        crate::metrics::get().flashed((buf.filled().len() - before) as u64);
+        polled
     }
 }
 
@@ -337,6 +340,7 @@ where
     }
 
     fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        crate::metrics::get().flashed(amt as u64);
         Pin::new(&mut self.chunks).consume(amt)
     }
 }

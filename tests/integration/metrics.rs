@@ -1,0 +1,169 @@
+//! `--metrics-listen`: a running exporter scraped under load from the unchanged 0.9.0 client.
+//! Counters move by what was done (calls by driver type, stream bytes both ways), a serial
+//! adapter that is absent shows 0 and 1 once it is plugged in (a by-id link to a fake board's
+//! terminal), the scrape passes `promtool check metrics`, and a port that cannot be bound is
+//! logged while the exporter serves on.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::support::exporter::Exporter;
+use crate::support::pty::{relink, Board};
+use crate::support::python;
+
+const HEADER: &str = "apiVersion: jumpstarter.dev/v1alpha1\nkind: ExporterConfig\nmetadata: {namespace: default, name: bench-7}\nendpoint: ''\ntoken: ''\n";
+
+/// A free port below the ephemeral range, so that no listener the tests bind to port 0 (the
+/// exporter's own gRPC one among them) can be given it between this check and the exporter's
+/// bind.
+fn free_port() -> u16 {
+    let start = 20000 + (std::process::id() % 10000) as u16;
+    (start..32000)
+        .chain(20000..start)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 32000")
+}
+
+/// `GET /metrics` with a plain socket: the body.
+fn scrape(port: u16) -> String {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name{labels}` (labels as the exposition writes them, sorted).
+fn value(body: &str, sample: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+fn wait_for(port: u16, sample: &str, want: f64) -> String {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = scrape(port);
+        if value(&body, sample) == want || Instant::now() > until {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_scrape_under_load_counts_what_was_done_and_passes_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-FTDI_board-if00");
+    let export = format!(
+        "export:\n  power:\n    type: jumpstarter_driver_power.driver.MockPower\n  echo:\n    type: jumpstarter_driver_network.driver.EchoNetwork\n  serial:\n    type: jumpstarter_driver_pyserial.driver.PySerial\n    config: {{url: '{}'}}\n",
+        link.display()
+    );
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(&config, format!("{HEADER}{export}")).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let exporter = Exporter::tcp_with_env(
+        &config,
+        &["--tls-grpc-insecure", "--metrics-listen", &listen],
+        &[],
+    );
+    let ops = |method: &str, result: &str| {
+        format!("jumpstarter_operations_total{{driver_type=\"jumpstarter_driver_power.driver.MockPower\",exporter=\"bench-7\",operation=\"{method}\",result=\"{result}\"}}")
+    };
+    let present = "jmp_exporter_device_present{driver=\"serial\",driver_type=\"jumpstarter_driver_pyserial.driver.PySerial\"}";
+    let body = wait_for(port, present, 0.0);
+    assert!(body.contains(present), "the absent adapter is a 0:\n{body}");
+    assert_eq!(value(&body, &ops("on", "success")), 0.0);
+
+    // The client's `power` scenario: on, off, cycle (off, on), read.
+    python::drive(&exporter.host(), "power", &[("JMP_GRPC_INSECURE", "1")]);
+    python::drive(&exporter.host(), "echo", &[("JMP_GRPC_INSECURE", "1")]);
+    // `on` with an argument (INVALID_ARGUMENT), then `on` again.
+    python::drive(&exporter.host(), "errors", &[("JMP_GRPC_INSECURE", "1")]);
+    let body = scrape(port);
+    assert_eq!(value(&body, &ops("on", "success")), 3.0, "{body}");
+    assert_eq!(value(&body, &ops("on", "error")), 1.0, "{body}");
+    assert_eq!(
+        value(&body, "jumpstarter_operation_errors_total{driver_type=\"jumpstarter_driver_power.driver.MockPower\",error_type=\"INVALID_ARGUMENT\",exporter=\"bench-7\",operation=\"on\"}"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(value(&body, &ops("off", "success")), 2.0, "{body}");
+    assert_eq!(value(&body, &ops("read", "success")), 1.0, "{body}");
+    let echo = |direction: &str| {
+        format!("jumpstarter_stream_bytes_total{{direction=\"{direction}\",driver_type=\"jumpstarter_driver_network.driver.EchoNetwork\",exporter=\"bench-7\"}}")
+    };
+    assert_eq!(value(&body, &echo("rx")), (1 << 20) as f64, "{body}");
+    assert_eq!(value(&body, &echo("tx")), (1 << 20) as f64, "{body}");
+    assert!(
+        value(&body, "jumpstarter_operation_duration_seconds_count{driver_type=\"jumpstarter_driver_power.driver.MockPower\",exporter=\"bench-7\",operation=\"on\",result=\"success\"}") == 3.0,
+        "{body}"
+    );
+    assert!(
+        value(&body, "process_resident_memory_bytes") > 1e6,
+        "{body}"
+    );
+    assert!(value(&body, "process_open_fds") > 3.0, "{body}");
+    assert_eq!(
+        value(&body, "jmp_exporter_status{status=\"LEASE_READY\"}"),
+        1.0
+    );
+
+    // The adapter plugged in (its by-id link appears), then pulled out.
+    let board = Board::start("metrics");
+    relink(&link, &board.path);
+    let body = wait_for(port, present, 1.0);
+    assert_eq!(
+        value(&body, present),
+        1.0,
+        "the plugged adapter is a 1:\n{body}"
+    );
+    board.unplug();
+    std::fs::remove_file(&link).unwrap();
+    let body = wait_for(port, present, 0.0);
+    assert_eq!(value(&body, present), 0.0, "unplugged again:\n{body}");
+
+    let lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("promtool (Debian's prometheus package, installed by .ci/run)");
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    // The same port again: logged, and the second exporter serves without metrics.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("exporter.yaml");
+    std::fs::write(
+        &other,
+        format!("{HEADER}export:\n  power:\n    type: jumpstarter_driver_power.driver.MockPower\n"),
+    )
+    .unwrap();
+    let second = Exporter::tcp_with_env(
+        &other,
+        &["--tls-grpc-insecure", "--metrics-listen", &listen],
+        &[],
+    );
+    assert!(
+        second.wait_for_log("cannot serve metrics there"),
+        "{}",
+        second.log()
+    );
+    python::drive(&second.host(), "power", &[("JMP_GRPC_INSECURE", "1")]);
+}
