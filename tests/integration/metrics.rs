@@ -167,3 +167,101 @@ fn a_scrape_under_load_counts_what_was_done_and_passes_promtool() {
     );
     python::drive(&second.host(), "power", &[("JMP_GRPC_INSECURE", "1")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_controller_the_link_status_leases_and_hooks_are_counted() {
+    use jmp_testkit::controller::{FakeController, Options};
+    let c = FakeController::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    let yaml = c
+        .exporter_config_yaml("  power:\n    type: jumpstarter_driver_power.driver.MockPower\n")
+        .replace(
+            "export:",
+            "hooks:\n  beforeLease:\n    script: 'true'\n  afterLease:\n    script: 'exit 3'\nexport:",
+        );
+    std::fs::write(&config, yaml).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let exporter = tokio::task::spawn_blocking(move || {
+        Exporter::controller_with_env(&config, &[("JMP_METRICS_LISTEN", listen.as_str())])
+    })
+    .await
+    .unwrap();
+    let scrape_now = move || tokio::task::block_in_place(|| scrape(port));
+    let until = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = scrape_now();
+        if value(&body, "jmp_exporter_controller_connected") == 1.0 || Instant::now() > until {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        value(&body, "jmp_exporter_controller_connected"),
+        1.0,
+        "{body}"
+    );
+    let age = value(&body, "jmp_exporter_controller_last_answer_age_seconds");
+    assert!(
+        (0.0..10.0).contains(&age),
+        "the controller answered just now: {body}"
+    );
+    assert_eq!(
+        value(&body, "jmp_exporter_status{status=\"AVAILABLE\"}"),
+        1.0,
+        "{body}"
+    );
+
+    let lease = c.create_lease().await;
+    let until = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = scrape_now();
+        if value(&body, "jmp_exporter_status{status=\"LEASE_READY\"}") == 1.0
+            || Instant::now() > until
+        {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        value(&body, "jmp_exporter_leases_total{event=\"started\"}"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(
+            &body,
+            "jmp_exporter_hook_runs_total{kind=\"beforeLease\",outcome=\"success\"}"
+        ),
+        1.0,
+        "{body}"
+    );
+    c.end_lease(&lease).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = scrape_now();
+        let after = "jmp_exporter_hook_runs_total{kind=\"afterLease\",outcome=\"failed\"}";
+        if (value(&body, "jmp_exporter_leases_total{event=\"ended\"}") == 1.0
+            && value(&body, after) == 1.0)
+            || Instant::now() > until
+        {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        value(&body, "jmp_exporter_leases_total{event=\"ended\"}"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(
+            &body,
+            "jmp_exporter_hook_runs_total{kind=\"afterLease\",outcome=\"failed\"}"
+        ),
+        1.0,
+        "{body}"
+    );
+    drop(exporter);
+}

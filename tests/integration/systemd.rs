@@ -131,10 +131,9 @@ fn sighup_refuses_a_broken_config_and_restarts_a_standalone_exporter_on_a_good_o
         "{}",
         exporter.log()
     );
+    // Each error is a line of its own, after the one that says how many.
     assert!(
-        exporter
-            .log()
-            .contains("export.extra.config.baudrate (line"),
+        exporter.wait_for_log("export.extra.config.baudrate (line"),
         "{}",
         exporter.log()
     );
