@@ -226,7 +226,12 @@ impl Metrics {
         took: Duration,
         error: Option<&str>,
     ) {
-        let result = if error.is_some() { "error" } else { "success" };
+        let result = if error.is_some() {
+            "failure"
+        } else {
+            "success"
+        };
+        let driver_type = category(driver_type);
         let labels = [self.exporter.as_str(), operation, result, driver_type];
         self.operations.with_label_values(&labels).inc();
         self.durations
@@ -234,7 +239,12 @@ impl Metrics {
             .observe(took.as_secs_f64());
         if let Some(code) = error {
             self.errors
-                .with_label_values(&[self.exporter.as_str(), operation, driver_type, code])
+                .with_label_values(&[
+                    self.exporter.as_str(),
+                    operation,
+                    driver_type,
+                    error_type(code),
+                ])
                 .inc();
         }
     }
@@ -242,7 +252,7 @@ impl Metrics {
     /// Bytes through a driver's byte stream; `direction` is `rx` (from the client) or `tx`.
     pub fn stream_bytes(&self, driver_type: &str, direction: &str, n: u64) {
         self.stream_bytes
-            .with_label_values(&[self.exporter.as_str(), driver_type, direction])
+            .with_label_values(&[self.exporter.as_str(), category(driver_type), direction])
             .inc_by(n);
     }
 
@@ -384,4 +394,39 @@ pub fn watch_devices(
             }
         }
     });
+}
+
+/// A driver `type:` as the category upstream's dashboards group by (its package's family).
+pub fn category(type_name: &str) -> &'static str {
+    let package = type_name
+        .strip_prefix("jumpstarter_driver_")
+        .and_then(|t| t.split('.').next())
+        .unwrap_or(type_name);
+    match package {
+        "power" | "yepkit" | "http_power" | "energenie" | "tasmota" | "snmp" | "noyito_relay" => {
+            "power"
+        }
+        _ if type_name.ends_with(".UsbHubPort") || type_name.ends_with(".PowerSwitch") => "power",
+        "pyserial" => "serial",
+        "opendal" | "sdwire" | "dutlink" => "storage",
+        "network" | "ssh" => "network",
+        "gpiod" => "gpio",
+        "composite" => "composite",
+        "shell" => "shell",
+        _ => "other",
+    }
+}
+
+/// A gRPC code as upstream's error categories name it.
+pub fn error_type(code: &str) -> &'static str {
+    match code {
+        "UNIMPLEMENTED" => "not_implemented",
+        "INVALID_ARGUMENT" | "NOT_FOUND" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" => {
+            "validation_error"
+        }
+        "DEADLINE_EXCEEDED" => "timeout",
+        "UNAVAILABLE" => "connection_error",
+        "UNKNOWN" => "device_error",
+        _ => "internal_error",
+    }
 }
