@@ -377,17 +377,26 @@ pub fn watch_devices(
     config: &crate::config::ExporterConfig,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let entries = device_entries(config);
-    if entries.is_empty() {
-        return;
-    }
+    let config = config.clone();
     tokio::spawn(async move {
+        // A USB look lists the bus (and may read descriptors), so it runs off the runtime.
+        let Ok(entries) = tokio::task::spawn_blocking(move || device_entries(&config)).await else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let entries = std::sync::Arc::new(entries);
         loop {
-            for (name, type_name, spec) in &entries {
-                if let Some(present) = spec.device_present() {
-                    get().device_present(name, type_name, present);
+            let looked = entries.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for (name, type_name, spec) in looked.iter() {
+                    if let Some(present) = spec.device_present() {
+                        get().device_present(name, type_name, present);
+                    }
                 }
-            }
+            })
+            .await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(PRESENCE_EVERY) => {}

@@ -268,3 +268,67 @@ async fn under_a_controller_the_link_status_leases_and_hooks_are_counted() {
     );
     drop(exporter);
 }
+
+/// USB devices' presence, from simulated ones: a hub that leaves the (fake) sysfs tree, and
+/// so the bus, shows 0 and comes back as 1; an SD-Wire, a YKUSH and a DUT Link on their fake
+/// buses show 1; the real client still drives the hub after its return.
+#[test]
+fn usb_hubs_muxes_and_boards_report_their_presence() {
+    use jmp_drivers::usb::sysfs::fake as sysfs_tree;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    sysfs_tree::add_hub(&root, "1-1", (0x2109, 0x2817), 4, true).unwrap();
+    let card = dir.path().join("card.img");
+    std::fs::write(&card, b"").unwrap();
+    let export = format!(
+        "export:\n  hub:\n    type: jmp_exporter.drivers.UsbHubPort\n    config:\n      location: \"1-1\"\n      port: 2\n      sysfs_root: {root}\n      fake: {{hub: usb2}}\n  ykush:\n    type: jumpstarter_driver_yepkit.driver.Ykush\n    config:\n      serial: \"YK12345\"\n      fake: {{}}\n  sdwire:\n    type: jumpstarter_driver_sdwire.driver.SDWire\n    config:\n      storage_device: {card}\n      fake: {{}}\n  dutlink:\n    type: jumpstarter_driver_dutlink.driver.Dutlink\n    config:\n      storage_device: {card}\n      alternate_console: 'loop://'\n      fake: {{}}\n",
+        root = root.display(),
+        card = card.display()
+    );
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(&config, format!("{HEADER}{export}")).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let exporter = Exporter::tcp_with_env(
+        &config,
+        &["--tls-grpc-insecure", "--metrics-listen", &listen],
+        &[],
+    );
+    let present = |driver: &str, type_name: &str| {
+        format!("jmp_exporter_device_present{{driver=\"{driver}\",driver_type=\"{type_name}\"}}")
+    };
+    let hub = present("hub", "jmp_exporter.drivers.UsbHubPort");
+    let body = wait_for(port, &hub, 1.0);
+    for sample in [
+        hub.clone(),
+        present("ykush", "jumpstarter_driver_yepkit.driver.Ykush"),
+        present("sdwire", "jumpstarter_driver_sdwire.driver.SDWire"),
+        present("dutlink", "jumpstarter_driver_dutlink.driver.Dutlink"),
+    ] {
+        assert_eq!(value(&body, &sample), 1.0, "{sample}:\n{body}");
+    }
+    assert!(
+        !body.contains("driver=\"dutlink.console\""),
+        "a loop console has no device to look at:\n{body}"
+    );
+
+    std::fs::remove_dir_all(root.join("bus/usb/devices/1-1")).unwrap();
+    let body = wait_for(port, &hub, 0.0);
+    assert_eq!(value(&body, &hub), 0.0, "unplugged:\n{body}");
+    sysfs_tree::add_hub(&root, "1-1", (0x2109, 0x2817), 4, true).unwrap();
+    let body = wait_for(port, &hub, 1.0);
+    assert_eq!(value(&body, &hub), 1.0, "back:\n{body}");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/usb_client.py");
+    let mut cmd = python::command("python");
+    cmd.arg(script)
+        .args(["power", "hub"])
+        .env("JUMPSTARTER_HOST", exporter.host())
+        .env("JMP_GRPC_INSECURE", "1");
+    let seen = python::scenario_result(
+        "usb_client.py",
+        "power",
+        python::output_with_timeout(cmd, 120),
+    );
+    assert_eq!(seen["hub"]["class"], "PowerClient", "{seen}");
+}

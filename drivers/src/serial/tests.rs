@@ -596,3 +596,19 @@ async fn a_device_removed_during_a_write_fails_the_writer_and_counts_what_was_lo
         .await
         .expect("nothing lost, a clean end");
 }
+
+#[test]
+fn presence_is_the_device_path_existing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ttyUSB-test");
+    let of = |url: &str| spec(&yaml::parse(&format!("url: '{url}'\n")).unwrap(), "c").unwrap();
+    let device = of(&path.display().to_string());
+    assert_eq!(device.device_present(), Some(false));
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(
+        device.device_present(),
+        Some(true),
+        "looked up again at every call"
+    );
+    assert_eq!(of("loop://").device_present(), None, "a loop has no device");
+}

@@ -207,6 +207,11 @@ impl DriverSpec for DutlinkSpec {
         children
     }
 
+    /// The board is on the bus (by serial when one is set), as each command looks for it.
+    fn device_present(&self) -> Option<bool> {
+        Some(self.board.find().is_ok())
+    }
+
     fn build(&self) -> Box<dyn Driver> {
         DriverSpec::build(&crate::composite::Composite)
     }

@@ -140,6 +140,11 @@ impl DriverSpec for SdWireSpec {
         crate::client::STORAGE_MUX_FLASHER
     }
 
+    /// Exactly one mux matching the config is on the bus.
+    fn device_present(&self) -> Option<bool> {
+        Some(self.mux.find().is_ok())
+    }
+
     fn build(&self) -> Box<dyn Driver> {
         Box::new(SdWire {
             mux: self.mux.clone(),
@@ -424,6 +429,20 @@ mod tests {
             bus: Arc::new(bus),
             sysfs: Sysfs::new("/nonexistent"),
         })
+    }
+
+    #[test]
+    fn presence_is_one_matching_mux_on_the_bus() {
+        let bus = FakeBus::new();
+        let spec = SdWireSpec {
+            mux: mux(bus.clone(), None, None),
+        };
+        assert_eq!(spec.device_present(), Some(false));
+        bus.add(FakeDevice::sdwire("1-3.2", "a", true));
+        assert_eq!(spec.device_present(), Some(true));
+        bus.unplug("1-3.2");
+        assert_eq!(spec.device_present(), Some(false), "unplugged");
+        assert!(bus.transfers().is_empty());
     }
 
     #[test]

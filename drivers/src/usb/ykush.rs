@@ -176,6 +176,17 @@ impl DriverSpec for YkushSpec {
         crate::client::POWER
     }
 
+    /// A board (with the configured serial, if any) is on the bus; a bus that cannot be listed
+    /// counts as absent.
+    fn device_present(&self) -> Option<bool> {
+        let found = boards(self.bus.as_ref()).unwrap_or_default();
+        Some(found.iter().any(|d| {
+            self.serial
+                .as_deref()
+                .is_none_or(|s| d.serial.as_deref() == Some(s))
+        }))
+    }
+
     fn build(&self) -> Box<dyn Driver> {
         Box::new(Ykush {
             inner: Arc::new(Board {
@@ -340,6 +351,22 @@ mod tests {
         let mut r = vec![0u8; 64];
         r[0] = command;
         r
+    }
+
+    #[test]
+    fn presence_is_a_board_with_the_serial_on_the_bus() {
+        let bus = FakeBus::new();
+        let wanted = spec_on("serial: YK1\n", &bus);
+        let any = spec_on("{}", &bus);
+        assert_eq!(any.device_present(), Some(false));
+        bus.add(board("YK2", "1-2"));
+        assert_eq!(any.device_present(), Some(true));
+        assert_eq!(wanted.device_present(), Some(false), "another board");
+        bus.add(board("YK1", "1-3"));
+        assert_eq!(wanted.device_present(), Some(true));
+        bus.unplug("1-3");
+        assert_eq!(wanted.device_present(), Some(false), "unplugged");
+        assert!(bus.transfers().is_empty());
     }
 
     #[test]

@@ -86,6 +86,13 @@ impl DriverSpec for HubPortSpec {
         crate::client::POWER
     }
 
+    /// The hub the config selects is on the bus (and is that hub); a bus that cannot be
+    /// listed counts as absent, since the driver cannot reach the hub either.
+    fn device_present(&self) -> Option<bool> {
+        let devices = self.inner.bus.devices().unwrap_or_default();
+        Some(self.inner.find_hub(&devices).is_ok())
+    }
+
     fn build(&self) -> Box<dyn Driver> {
         Box::new(UsbHubPort {
             inner: self.inner.clone(),

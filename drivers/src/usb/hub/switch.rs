@@ -41,7 +41,7 @@ impl HubPortInner {
         }
     }
 
-    fn find_hub(&self, devices: &[DeviceInfo]) -> Result<DeviceInfo, DriverError> {
+    pub(super) fn find_hub(&self, devices: &[DeviceInfo]) -> Result<DeviceInfo, DriverError> {
         let serial_ok = |d: &DeviceInfo| match &self.serial {
             Some(s) => d.serial.as_deref() == Some(s.as_str()),
             None => true,

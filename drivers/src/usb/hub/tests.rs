@@ -586,3 +586,22 @@ async fn a_hub_that_disappears_is_unavailable_naming_hub_and_port_until_it_retur
         UsbError::NoDevice
     );
 }
+
+/// Presence is a look at the bus for the hub the config selects: it follows an unplug and a
+/// return, and never sends a request.
+#[test]
+fn presence_follows_the_hub_on_the_bus_without_a_transfer() {
+    let bus = FakeBus::new();
+    let mut inner = parse_src("location: 1-1\nport: 2\n").unwrap();
+    inner.bus = Arc::new(bus.clone());
+    inner.sysfs = None;
+    let spec = HubPortSpec {
+        inner: Arc::new(inner),
+    };
+    assert_eq!(spec.device_present(), Some(false), "not plugged yet");
+    bus.add(usb2("1-1", Reaction::PerPort, PowerSwitching::PerPort));
+    assert_eq!(spec.device_present(), Some(true));
+    bus.unplug("1-1");
+    assert_eq!(spec.device_present(), Some(false), "unplugged");
+    assert!(bus.transfers().is_empty(), "{:?}", bus.transfers());
+}
