@@ -181,7 +181,7 @@ impl Metrics {
             .expect("registered once");
         let flashed_bytes = prometheus::IntCounter::new(
             "jmp_exporter_flashed_bytes_total",
-            "Bytes written to storage from resource streams (after decompression).",
+            "Bytes uploaded into drivers from resource streams (native: after decompression; hosted: as relayed).",
         )
         .expect("a valid metric");
         registry

@@ -332,3 +332,46 @@ fn usb_hubs_muxes_and_boards_report_their_presence() {
     );
     assert_eq!(seen["hub"]["class"], "PowerClient", "{seen}");
 }
+
+/// Bytes flashed count uploads to hosted drivers too: upstream's MockStorageMux run in the
+/// Python host, written 2 MiB and read back by the real client, counts exactly what was
+/// written (a read is not a flash).
+#[test]
+fn uploads_to_a_hosted_storage_driver_are_counted_as_flashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEADER}export:\n  storage:\n    type: jumpstarter_driver_opendal.driver.MockStorageMux\n    jmp_hosted: true\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let python = python::venv_bin().join("python").display().to_string();
+    let exporter = Exporter::unix_with(
+        &config,
+        &["--metrics-listen", &listen],
+        &[("JMP_EXPORTER_PYTHON", &python)],
+    );
+    let flashed = "jmp_exporter_flashed_bytes_total";
+    assert_eq!(value(&scrape(port), flashed), 0.0);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hosted_client.py");
+    let mut cmd = python::command("python");
+    cmd.arg(script)
+        .args(["storage", "2"])
+        .env("JUMPSTARTER_HOST", exporter.host());
+    let seen = python::scenario_result(
+        "hosted_client.py",
+        "storage",
+        python::output_with_timeout(cmd, 120),
+    );
+    assert_eq!(seen["bytes"], 2 << 20, "{seen}");
+    assert!(
+        exporter.log().contains("Python drivers built and served"),
+        "{}",
+        exporter.log()
+    );
+    let body = scrape(port);
+    assert_eq!(value(&body, flashed), (2 << 20) as f64, "{body}");
+}

@@ -17,8 +17,8 @@ use tokio::net::UnixStream;
 use tonic::{Code, Status};
 
 use crate::proto::{
-    DriverCallRequest, DriverCallResponse, GetReportResponse, StreamRequest, StreamResponse,
-    StreamingDriverCallRequest, StreamingDriverCallResponse,
+    DriverCallRequest, DriverCallResponse, FrameType, GetReportResponse, StreamRequest,
+    StreamResponse, StreamingDriverCallRequest, StreamingDriverCallResponse,
 };
 
 const CALL: u8 = 1;
@@ -273,6 +273,10 @@ impl Lane {
         };
         let Conn { stream, buf } = conn;
         let (read, mut write) = stream.into_split();
+        // What a client sends into a resource stream is an upload (a flash): counted as it is
+        // relayed, still compressed if it was, since the host decompresses.
+        let upload = serde_json::from_str::<serde_json::Value>(request)
+            .is_ok_and(|r| r["kind"] == "resource");
         let pump = tokio::spawn(async move {
             // The frames that have come are written at once, in one write.
             let mut out = Vec::new();
@@ -281,7 +285,12 @@ impl Lane {
                 let mut next = Some(futures::StreamExt::next(&mut inbound).await);
                 while let Some(item) = next.take() {
                     match item {
-                        Some(Ok(frame)) => put_frame(&mut out, FRAME, &frame.encode_to_vec()),
+                        Some(Ok(frame)) => {
+                            if upload && frame.frame_type == FrameType::Data as i32 {
+                                crate::metrics::get().flashed(frame.payload.len() as u64);
+                            }
+                            put_frame(&mut out, FRAME, &frame.encode_to_vec())
+                        }
                         // A frame that cannot be read ends the client's input, as its end
                         // does; the client's own call already carries that error.
                         _ => {
