@@ -8,6 +8,7 @@
 //! bounded by the config (entry names, driver types, method names) and by fixed sets; no lease,
 //! client or file name is ever a label.
 
+mod process;
 pub mod server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,9 +188,7 @@ impl Metrics {
         registry
             .register(Box::new(flashed_bytes.clone()))
             .expect("registered once");
-        let _ = registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        let _ = registry.register(Box::new(process::Process::new()));
         for s in STATUSES {
             status
                 .with_label_values(&[s])

@@ -113,6 +113,10 @@ fn a_scrape_under_load_counts_what_was_done_and_passes_promtool() {
         "{body}"
     );
     assert!(value(&body, "process_open_fds") > 3.0, "{body}");
+    assert!(
+        value(&body, "process_cpu_seconds_total") > 0.0,
+        "CPU is counted below a whole second:\n{body}"
+    );
     assert_eq!(
         value(&body, "jmp_exporter_status{status=\"LEASE_READY\"}"),
         1.0
