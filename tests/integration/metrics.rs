@@ -270,6 +270,48 @@ async fn under_a_controller_the_link_status_leases_and_hooks_are_counted() {
         1.0,
         "{body}"
     );
+
+    // The controller goes away: the link shows 0 and the last answer ages; it comes back: the
+    // link is 1 again and the reconnect is counted.
+    let wait = |sample: &'static str, done: fn(f64) -> bool| async move {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = scrape_now();
+            if done(value(&body, sample)) || Instant::now() > until {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(
+        value(&body, "jmp_exporter_controller_reconnects_total"),
+        0.0,
+        "{body}"
+    );
+    c.stop().await;
+    let body = wait("jmp_exporter_controller_connected", |v| v == 0.0).await;
+    assert_eq!(
+        value(&body, "jmp_exporter_controller_connected"),
+        0.0,
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body = scrape_now();
+    assert!(
+        value(&body, "jmp_exporter_controller_last_answer_age_seconds") >= 2.0,
+        "{body}"
+    );
+    c.restart().await;
+    let body = wait("jmp_exporter_controller_connected", |v| v == 1.0).await;
+    assert_eq!(
+        value(&body, "jmp_exporter_controller_connected"),
+        1.0,
+        "{body}"
+    );
+    assert!(
+        value(&body, "jmp_exporter_controller_reconnects_total") >= 1.0,
+        "{body}"
+    );
     drop(exporter);
 }
 
@@ -378,4 +420,50 @@ fn uploads_to_a_hosted_storage_driver_are_counted_as_flashed() {
     );
     let body = scrape(port);
     assert_eq!(value(&body, flashed), (2 << 20) as f64, "{body}");
+}
+
+/// A Python driver host that dies is counted once: a lab's own driver run hosted, its host
+/// killed with SIGKILL.
+#[test]
+fn a_python_host_that_dies_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEADER}export:\n  counter:\n    type: acme_lab.driver.Counter\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let python = python::venv_bin().join("python").display().to_string();
+    let exporter = Exporter::unix_with(
+        &config,
+        &["--metrics-listen", &listen],
+        &[("JMP_EXPORTER_PYTHON", &python)],
+    );
+    let deaths = "jmp_exporter_python_host_restarts_total";
+    let body = wait_for(port, deaths, 0.0);
+    assert!(body.contains(deaths), "{body}");
+    let hosts = || {
+        crate::support::process::children_of(exporter.pid())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("python"))
+            })
+            .collect::<Vec<u32>>()
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while hosts().len() != 1 {
+        assert!(Instant::now() < until, "no driver host: {}", exporter.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let host = hosts()[0];
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &host.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let body = wait_for(port, deaths, 1.0);
+    assert_eq!(value(&body, deaths), 1.0, "{body}");
 }
