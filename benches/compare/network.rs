@@ -12,7 +12,7 @@ use jmp_exporter::proto::exporter_service_client::ExporterServiceClient;
 use jmp_exporter::proto::StreamingDriverCallRequest;
 
 use crate::load::{channels, echo};
-use crate::router::ours_through_router;
+use crate::router::{ours_through_router, python_through_router};
 use crate::targets::{ours, python, Target};
 
 /// A thread-per-connection echo peer on loopback; its port.
@@ -32,6 +32,72 @@ fn echo_peer() -> u16 {
     port
 }
 
+/// The floor under any exporter's TcpNetwork: a bare relay (blocking copies with 256 KiB
+/// buffers, no framing at all) between a client and the same echo peer, so the same four
+/// loopback socket crossings per byte. Its CPU is its two threads' own.
+fn bare_relay(peer: u16, size: usize) -> Value {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread_cpu = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let pump = move |mut from: TcpStream, mut to: TcpStream| {
+        let begin = thread_cpu();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+        thread_cpu() - begin
+    };
+    let relay = std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let upstream = TcpStream::connect(("127.0.0.1", peer)).unwrap();
+        for s in [&client, &upstream] {
+            s.set_nodelay(true).unwrap();
+        }
+        let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        let there = std::thread::spawn(move || pump(c2, u2));
+        let back = pump(upstream, client);
+        back + there.join().unwrap()
+    });
+    let conn = TcpStream::connect(addr).unwrap();
+    conn.set_nodelay(true).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let deadline = Instant::now() + crate::load::seconds();
+    let begin = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let payload = vec![0x5au8; size];
+        while Instant::now() < deadline {
+            writer.write_all(&payload).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut reader = conn;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0u64;
+    while let Ok(n @ 1..) = reader.read(&mut buf) {
+        received += n as u64;
+    }
+    let elapsed = begin.elapsed().as_secs_f64();
+    sender.join().unwrap();
+    let cpu = relay.join().unwrap().as_secs_f64();
+    json!({
+        "mb_per_s": received as f64 / elapsed / 1e6,
+        "cpu_s_per_gb": cpu / (received as f64 / 1e9),
+    })
+}
+
 pub(crate) async fn tcp_network() -> Value {
     let port = echo_peer();
     let export = format!(
@@ -42,6 +108,10 @@ pub(crate) async fn tcp_network() -> Value {
         ("python 0.9.0", python("python 0.9.0", &export).await),
         ("jmp-exporter", ours("jmp-exporter", &export).await),
         ("via router", ours_through_router(&export).await),
+        (
+            "python 0.9.0 via router",
+            python_through_router(&export).await,
+        ),
     ] {
         eprintln!("  {name} TcpNetwork ...");
         let mut cases = json!({});
@@ -51,6 +121,14 @@ pub(crate) async fn tcp_network() -> Value {
         r[name] = cases;
         drop(target);
     }
+    eprintln!("  bare relay ...");
+    let mut floor = json!({});
+    for size in [4096, 32768] {
+        floor[format!("echo_{size}")] = tokio::task::spawn_blocking(move || bare_relay(port, size))
+            .await
+            .unwrap();
+    }
+    r["bare relay"] = floor;
     r
 }
 

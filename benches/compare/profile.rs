@@ -65,11 +65,16 @@ pub(crate) fn profile_load(kind: &str) {
                 }
             }
             "echo" => {
-                // COUNT writes of 4 KiB through one byte stream of `JMP_BENCH_DRIVER` (echo).
+                // COUNT writes of `JMP_BENCH_SIZE` bytes (4 KiB) through one byte stream of
+                // `JMP_BENCH_DRIVER` (echo).
                 let driver = std::env::var("JMP_BENCH_DRIVER").unwrap_or_else(|_| "echo".into());
+                let size: u64 = std::env::var("JMP_BENCH_SIZE")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(4096);
                 let uuid = jmp_testkit::client::driver_uuid(&chans[0], &driver).await;
                 let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
-                let chunk = Bytes::from(vec![0x5au8; 4096]);
+                let chunk = Bytes::from(vec![0x5au8; size as usize]);
                 let writer = tokio::spawn(async move {
                     for _ in 0..count {
                         tx.send(frame::data_request(chunk.clone())).await.unwrap();
@@ -77,7 +82,7 @@ pub(crate) fn profile_load(kind: &str) {
                     let _ = tx.send(frame::goaway_request()).await;
                 });
                 let mut got = 0u64;
-                while got < count * 4096 {
+                while got < count * size {
                     match rx.message().await {
                         Ok(Some(f)) => got += f.payload.len() as u64,
                         _ => break,

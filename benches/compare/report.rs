@@ -452,17 +452,18 @@ pub(crate) fn print_flash(flash: &Value) {
     }
 }
 
-/// TcpNetwork to an echo peer, under each exporter.
+/// TcpNetwork to an echo peer, under each exporter, directly and through the router.
 pub(crate) fn print_network(network: &Value) {
-    let (py, ours, routed) = (
+    let (py, ours, py_routed, routed) = (
         &network["python 0.9.0"],
         &network["jmp-exporter"],
+        &network["python 0.9.0 via router"],
         &network["via router"],
     );
     println!(
-        "\n| TcpNetwork to an echo peer | Python 0.9.0 | jmp-exporter | ours/Python | via router | routed/Python | target |"
+        "\n| TcpNetwork to an echo peer | Python 0.9.0 | jmp-exporter | ours/Python | Python via router | ours via router | ours/Python via router | target |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for (label, key, target) in [
         ("4 KiB writes (MB/s)", "echo_4096.mb_per_s", "≥ 10×"),
         ("32 KiB writes (MB/s)", "echo_32768.mb_per_s", "≥ 3×"),
@@ -482,16 +483,30 @@ pub(crate) fn print_network(network: &Value) {
             "≤ 0.25×",
         ),
     ] {
-        let (a, b, c) = (get(py, key), get(ours, key), get(routed, key));
+        let (a, b, c, d) = (
+            get(py, key),
+            get(ours, key),
+            get(py_routed, key),
+            get(routed, key),
+        );
         println!(
-            "| {label} | {} | {} | {} | {} | {} | {target} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {target} |",
             show(a),
             show(b),
             ratio(b, a),
             show(c),
-            ratio(c, a)
+            show(d),
+            ratio(d, c)
         );
     }
+    let floor = &network["bare relay"];
+    println!(
+        "\nThe floor, a bare relay (256 KiB blocking copies, no framing) over the same four loopback crossings: 4 KiB writes {} MB/s at {} s/GB of relay CPU, 32 KiB writes {} MB/s at {} s/GB.",
+        show(get(floor, "echo_4096.mb_per_s")),
+        show(get(floor, "echo_4096.cpu_s_per_gb")),
+        show(get(floor, "echo_32768.mb_per_s")),
+        show(get(floor, "echo_32768.cpu_s_per_gb")),
+    );
 }
 
 /// Shell: call to first output, under each exporter.

@@ -105,6 +105,41 @@ pub(crate) fn serve_controller(dir: &Path) {
 /// jmp-exporter in controller mode, leased, reached through the fake router running in a
 /// process of its own.
 pub(crate) async fn ours_through_router(export: &str) -> Target {
+    through_router("jmp-exporter via router", export, |config| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"));
+        cmd.args(["--log-level", "warn", "run", "--config"])
+            .arg(config);
+        cmd
+    })
+    .await
+}
+
+/// The upstream Python exporter (0.9.0) in controller mode, leased through the same fake
+/// controller and router, so that both exporters are compared through the tunnel as well.
+pub(crate) async fn python_through_router(export: &str) -> Target {
+    through_router("python 0.9.0 via router", export, |config| {
+        let bin = jmp_testkit::python::venv_bin();
+        let mut cmd = Command::new(bin.join("jmp"));
+        cmd.args(["run", "--exporter-config"]).arg(config).env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+        cmd
+    })
+    .await
+}
+
+/// An exporter (started by `exporter` on the config the fake controller wrote) leased through
+/// the fake controller and router running in a process of their own.
+async fn through_router(
+    name: &'static str,
+    export: &str,
+    exporter: impl FnOnce(&Path) -> Command,
+) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .env("JMP_BENCH_FAKE_CONTROLLER", dir.path())
@@ -126,17 +161,15 @@ pub(crate) async fn ours_through_router(export: &str) -> Target {
         panic!("unexpected line from the fake controller: {first}");
     };
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_jmp-exporter"))
-        .args(["--log-level", "warn", "run", "--config"])
-        .arg(dir.path().join("exporter.yaml"))
+    let child = exporter(&dir.path().join("exporter.yaml"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start jmp-exporter");
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
     let lease = next_line();
     Target {
-        name: "jmp-exporter via router",
+        name,
         child,
         access: Access::Router(RouterAccess {
             endpoint: endpoint.to_string(),
