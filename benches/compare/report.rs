@@ -372,16 +372,17 @@ pub(crate) fn print_hosted(results: &Value) {
 
 /// Flashing through resource streams, with the Python client.
 pub(crate) fn print_flash(flash: &Value) {
-    let (py, ours, routed) = (
+    let (py, ours, py_routed, routed) = (
         &flash["python 0.9.0"],
         &flash["jmp-exporter"],
+        &flash["python 0.9.0, router"],
         &flash["jmp-exporter, router"],
     );
     println!(
-        "\n| flash {} MiB to MockStorageMuxFlasher, 0.9.0 client | Python 0.9.0 | jmp-exporter | ours/Python | through the router | target |",
+        "\n| flash {} MiB to MockStorageMuxFlasher, 0.9.0 client | Python 0.9.0 | jmp-exporter | ours/Python | Python via router | ours via router | ours/Python via router | target |",
         flash["image_mib"]
     );
-    println!("|---|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for (label, key, target) in [
         ("raw image (MB/s)", "raw.mb_per_s", "≥ 2×"),
         (
@@ -421,13 +422,20 @@ pub(crate) fn print_flash(flash: &Value) {
             "",
         ),
     ] {
-        let (a, b, c) = (get(py, key), get(ours, key), get(routed, key));
+        let (a, b, c, d) = (
+            get(py, key),
+            get(ours, key),
+            get(py_routed, key),
+            get(routed, key),
+        );
         println!(
-            "| {label} | {} | {} | {} | {} | {target} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {target} |",
             show(a),
             show(b),
             ratio(b, a),
-            show(c)
+            show(c),
+            show(d),
+            ratio(d, c)
         );
     }
     let m = &flash["memory_1gib"];

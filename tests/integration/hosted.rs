@@ -508,7 +508,9 @@ fn a_missing_driver_package_is_a_config_error_for_check_and_run() {
     );
 }
 
-/// Upstream's own exporter (`jmp run`, 0.9.0, standalone TCP) on a config; killed on drop.
+/// Upstream's own exporter (`jmp run`, 0.9.0, standalone TCP) on a config; killed on drop with
+/// its descendants, since `jmp run` serves from a child in a session of its own that would
+/// outlive it.
 struct UpstreamExporter {
     child: std::process::Child,
     addr: String,
@@ -550,6 +552,17 @@ impl UpstreamExporter {
 
 impl Drop for UpstreamExporter {
     fn drop(&mut self) {
+        let mut tree = vec![self.child.id()];
+        let mut i = 0;
+        while i < tree.len() {
+            tree.extend(children_of(tree[i]));
+            i += 1;
+        }
+        for pid in tree.into_iter().skip(1) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
