@@ -93,7 +93,7 @@ fn standalone(dir: &Path, export: &str) -> Exporter {
 }
 
 /// The exporter's Python driver host (its one Python child), waiting up to 20 s for it.
-fn host_of(exporter: u32) -> u32 {
+pub(crate) fn host_of(exporter: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let hosts: Vec<u32> = children_of(exporter)

@@ -379,18 +379,12 @@ fn usb_hubs_muxes_and_boards_report_their_presence() {
     assert_eq!(seen["hub"]["class"], "PowerClient", "{seen}");
 }
 
-/// Bytes flashed count uploads to hosted drivers too: upstream's MockStorageMux run in the
-/// Python host, written 2 MiB and read back by the real client, counts exactly what was
-/// written (a read is not a flash).
-#[test]
-fn uploads_to_a_hosted_storage_driver_are_counted_as_flashed() {
+/// An exporter on the Unix socket serving `export` with the tests' interpreter for hosted
+/// drivers and metrics on a port of its own: (its directory, the exporter, the metrics port).
+fn hosted_with_metrics(export: &str) -> (tempfile::TempDir, Exporter, u16) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("exporter.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEADER}export:\n  storage:\n    type: jumpstarter_driver_opendal.driver.MockStorageMux\n    jmp_hosted: true\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("{HEADER}{export}")).unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let python = python::venv_bin().join("python").display().to_string();
@@ -398,6 +392,17 @@ fn uploads_to_a_hosted_storage_driver_are_counted_as_flashed() {
         &config,
         &["--metrics-listen", &listen],
         &[("JMP_EXPORTER_PYTHON", &python)],
+    );
+    (dir, exporter, port)
+}
+
+/// Bytes flashed count uploads to hosted drivers too: upstream's MockStorageMux run in the
+/// Python host, written 2 MiB and read back by the real client, counts exactly what was
+/// written (a read is not a flash).
+#[test]
+fn uploads_to_a_hosted_storage_driver_are_counted_as_flashed() {
+    let (_dir, exporter, port) = hosted_with_metrics(
+        "export:\n  storage:\n    type: jumpstarter_driver_opendal.driver.MockStorageMux\n    jmp_hosted: true\n",
     );
     let flashed = "jmp_exporter_flashed_bytes_total";
     assert_eq!(value(&scrape(port), flashed), 0.0);
@@ -426,39 +431,12 @@ fn uploads_to_a_hosted_storage_driver_are_counted_as_flashed() {
 /// killed with SIGKILL.
 #[test]
 fn a_python_host_that_dies_is_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("exporter.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEADER}export:\n  counter:\n    type: acme_lab.driver.Counter\n"),
-    )
-    .unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let python = python::venv_bin().join("python").display().to_string();
-    let exporter = Exporter::unix_with(
-        &config,
-        &["--metrics-listen", &listen],
-        &[("JMP_EXPORTER_PYTHON", &python)],
-    );
+    let (_dir, exporter, port) =
+        hosted_with_metrics("export:\n  counter:\n    type: acme_lab.driver.Counter\n");
     let deaths = "jmp_exporter_python_host_restarts_total";
     let body = wait_for(port, deaths, 0.0);
     assert!(body.contains(deaths), "{body}");
-    let hosts = || {
-        crate::support::process::children_of(exporter.pid())
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.contains("python"))
-            })
-            .collect::<Vec<u32>>()
-    };
-    let until = Instant::now() + Duration::from_secs(20);
-    while hosts().len() != 1 {
-        assert!(Instant::now() < until, "no driver host: {}", exporter.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let host = hosts()[0];
+    let host = crate::hosted::host_of(exporter.pid());
     let killed = std::process::Command::new("kill")
         .args(["-9", &host.to_string()])
         .status()
