@@ -170,11 +170,7 @@ impl Driver for DbusNetwork {
             Bus::Tcp(host, port) => {
                 let target = format!("the {} bus at {host}:{port}", self.0.kind);
                 Ok(Box::new(
-                    within_timeout(
-                        &target,
-                        tokio::net::TcpStream::connect((host.as_str(), *port)),
-                    )
-                    .await?,
+                    within_timeout(&target, super::tcp::connect(host, *port)).await?,
                 ))
             }
         }

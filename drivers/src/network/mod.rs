@@ -11,6 +11,7 @@
 //! for every byte stream). UDP and websockets have none, as upstream.
 
 pub mod dbus;
+pub mod tcp;
 pub mod udp;
 pub mod vsock;
 pub mod websocket;
@@ -170,11 +171,7 @@ impl Driver for TcpNetwork {
 
     async fn connect(&self, _method: &str) -> Result<BoxedIo, DriverError> {
         let target = self.target();
-        let stream = within_timeout(
-            &target,
-            tokio::net::TcpStream::connect((self.0.host.as_str(), self.0.port)),
-        )
-        .await?;
+        let stream = within_timeout(&target, tcp::connect(&self.0.host, self.0.port)).await?;
         let _ = stream.set_nodelay(true);
         tracing::debug!(target = %target, "TCP connection opened");
         Ok(Box::new(stream))
