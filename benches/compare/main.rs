@@ -14,7 +14,7 @@
 //! minimal server (`JMP_BENCH_MINIMAL_SERVER=ADDR`) and the fake controller + router
 //! (`JMP_BENCH_FAKE_CONTROLLER=DIR`), which must not share a process with the load generator,
 //! or the tunnel would be charged for the load generator's work and the other way round.
-//! `JMP_BENCH_PROFILE=unary|echo` with `JMP_BENCH_ADDR`, `JMP_BENCH_COUNT` (and `JMP_BENCH_SIZE`) only drives a
+//! `JMP_BENCH_PROFILE=unary|echo|open` with `JMP_BENCH_ADDR`, `JMP_BENCH_COUNT` (and `JMP_BENCH_SIZE`) only drives a
 //! fixed amount of load at an address and exits, for running a server under callgrind or perf.
 //! `JMP_BENCH_ONLY=ours,pty,...` runs only some parts (see [`wanted`]); `duel` is the
 //! head-to-head rounds of jmp-exporter and the minimal server.

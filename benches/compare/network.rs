@@ -15,21 +15,27 @@ use crate::load::{channels, echo};
 use crate::router::{ours_through_router, python_through_router};
 use crate::targets::{ours, python, Target};
 
-/// A thread-per-connection echo peer on loopback; its port.
+/// A thread-per-connection echo peer on loopback; its port. A spare thread always waits in
+/// `accept`, and the one that takes a connection starts the next spare before it serves: a
+/// thread spawned only once the connection arrived would be charged to every stream open.
 fn echo_peer() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let _ = conn.set_nodelay(true);
-            std::thread::spawn(move || {
-                let mut reader = conn.try_clone().unwrap();
-                let mut writer = conn;
-                let _ = std::io::copy(&mut reader, &mut writer);
-            });
-        }
-    });
+    spare_echo_thread(std::sync::Arc::new(listener));
     port
+}
+
+fn spare_echo_thread(listener: std::sync::Arc<std::net::TcpListener>) {
+    std::thread::spawn(move || {
+        let Ok((conn, _)) = listener.accept() else {
+            return;
+        };
+        spare_echo_thread(listener);
+        let _ = conn.set_nodelay(true);
+        let mut reader = conn.try_clone().unwrap();
+        let mut writer = conn;
+        let _ = std::io::copy(&mut reader, &mut writer);
+    });
 }
 
 /// The floor under any exporter's TcpNetwork: a bare relay (blocking copies with 256 KiB

@@ -90,7 +90,38 @@ pub(crate) fn profile_load(kind: &str) {
                 }
                 writer.await.unwrap();
             }
-            other => panic!("JMP_BENCH_PROFILE={other}: use unary or echo"),
+            "open" => {
+                // COUNT byte streams of `JMP_BENCH_DRIVER` (echo) opened one after another,
+                // one byte sent on each and awaited back; the medians of the two round trips
+                // (response headers; the byte after them) say which one to look at.
+                let driver = std::env::var("JMP_BENCH_DRIVER").unwrap_or_else(|_| "echo".into());
+                let uuid = jmp_testkit::client::driver_uuid(&chans[0], &driver).await;
+                let (mut heads, mut echoes) = (Vec::new(), Vec::new());
+                for _ in 0..count {
+                    let t = Instant::now();
+                    let (tx, mut rx) = open_stream(&chans[0], &uuid).await;
+                    let opened = t.elapsed();
+                    tx.send(frame::data_request(Bytes::from_static(b"x")))
+                        .await
+                        .unwrap();
+                    while let Ok(Some(f)) = rx.message().await {
+                        if !f.payload.is_empty() {
+                            break;
+                        }
+                    }
+                    heads.push(opened);
+                    echoes.push(t.elapsed() - opened);
+                }
+                heads.sort();
+                echoes.sort();
+                let mid = |v: &[Duration]| v.get(v.len() / 2).copied().unwrap_or_default();
+                eprintln!(
+                    "open p50: headers {:?}, then first byte {:?}",
+                    mid(&heads),
+                    mid(&echoes)
+                );
+            }
+            other => panic!("JMP_BENCH_PROFILE={other}: use unary, echo or open"),
         }
         eprintln!("{kind} x {count}: {:?}", begin.elapsed());
     });
